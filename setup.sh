@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh machine: Debian packages for headless MuJoCo rendering, a virtualenv in .venv with the
+# pinned requirements, and this repo installed in editable mode. Safe to re-run.
+#   bash setup.sh          # torch stack + simulators + test tools
+#   bash setup.sh --jax    # also the JAX stack (dreamer/)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Headless rendering: MuJoCo renders through EGL on Mesa's software renderer (MUJOCO_GL=egl).
+debs="libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa"
+missing=""
+for p in $debs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "installing Debian packages:$missing"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -r requirements/dev.txt
+if [ "${1:-}" = "--jax" ]; then .venv/bin/pip install -q -r requirements/jax.txt; fi
+.venv/bin/pip install -q --no-deps -e .
+echo "setup done: activate with  source .venv/bin/activate"
