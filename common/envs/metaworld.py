@@ -1,0 +1,379 @@
+"""The embedded manipulation suite: Meta-World v3 (MT10 by default, any MT50 task by name) with language.
+
+What a policy sees each step (`MetaWorldEnv.observation()`):
+    image        uint8 (S, S, 3), upright, from one camera, rendered headless with the fast recipe (no shadows,
+                 reflections or multisampling: ~10x faster on Mesa's software renderer)
+    state        float32 (4,)  proprioception: end-effector xyz and gripper opening
+    env_state    float32 (39,) Meta-World's full observation (hand, gripper, object poses, previous frame, goal)
+    instruction  str           one of the task's paraphrases (common/envs/metaworld_instructions.py)
+and it answers with a 4-D action in [-1, 1]: end-effector displacement xyz and gripper effort.
+
+Episodes are reproducible. Meta-World ignores `reset(seed=...)`; an episode's object and goal placement is a
+"variation" drawn by `metaworld.MT1(task, seed)`, 50 per benchmark seed. Episode `e` of a run with seed `s` uses
+variation `e % 50` of benchmark seed `s * 1000 + e // 50`. Demonstrations and evaluation use different seeds,
+so a policy is evaluated on placements it never saw.
+
+    collect_demos(...)  scripted-expert demonstrations over N worker processes, cached on disk by their parameters
+    evaluate(policy)    closed-loop success rate per task with a 95% Wilson interval, episode lengths, videos
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first mujoco import
+
+import metaworld  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3  # noqa: E402
+from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
+from common.envs.metaworld_instructions import INSTRUCTIONS  # noqa: E402
+from common.metrics import wilson_interval  # noqa: E402
+
+MT10 = tuple(MT10_V3)
+MT50 = tuple(ALL_V3_ENVIRONMENTS)
+IMAGE_KEY = "observation.images.{camera}"
+STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 4, 39, 4
+# Meta-World's corner cameras are mounted upside down; their images are flipped vertically to be upright.
+_FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+_VARIATIONS_PER_SEED = 50  # metaworld._N_GOALS
+
+
+def resolve_tasks(tasks: str | Iterable[str]) -> tuple[str, ...]:
+    """'mt10' / 'mt50' / a comma-separated string / a list of task names (the '-v3' suffix is optional)."""
+    if isinstance(tasks, str):
+        if tasks.lower() in ("mt10", "mt50"):
+            return MT10 if tasks.lower() == "mt10" else MT50
+        tasks = tasks.split(",")
+    names = tuple(t.strip() if t.strip().endswith("-v3") else f"{t.strip()}-v3" for t in tasks)
+    for name in names:
+        if name not in ALL_V3_ENVIRONMENTS:
+            raise ValueError(f"unknown Meta-World task {name!r}; MT50 has: {', '.join(MT50)}")
+    return names
+
+
+@lru_cache(maxsize=64)
+def _benchmark(task: str, benchmark_seed: int) -> "metaworld.MT1":
+    return metaworld.MT1(task, seed=benchmark_seed)  # ~1 s: builds 50 variations, so cached per process
+
+
+def variation(task: str, seed: int, episode: int) -> "metaworld.Task":
+    """The reproducible object/goal placement of episode `episode` of a run seeded `seed`."""
+    bench = _benchmark(task, seed * 1000 + episode // _VARIATIONS_PER_SEED)
+    return bench.train_tasks[episode % _VARIATIONS_PER_SEED]
+
+
+class MetaWorldEnv:
+    """One Meta-World task with an upright camera image, proprio state and a language instruction."""
+
+    def __init__(self, task: str, image_size: int = 128, camera: str = "corner", fast_render: bool = True,
+                 max_steps: int = 200):
+        (self.task,) = resolve_tasks([task])
+        if not 0 < max_steps <= 500:
+            raise ValueError(f"max_steps must be in (0, 500] (Meta-World's path limit), got {max_steps}")
+        self.image_size, self.camera, self.max_steps = image_size, camera, max_steps
+        self.env = ALL_V3_ENVIRONMENTS[self.task]()
+        model = self.env.model
+        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+        if camera not in names:
+            raise ValueError(f"unknown camera {camera!r}; Meta-World has {names}")
+        if fast_render:
+            model.vis.quality.offsamples = 0  # no multisampling; must be set before the GL context exists
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, image_size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, image_size)
+        self.renderer = mujoco.Renderer(model, image_size, image_size)
+        self.fast_render = fast_render
+        self.instruction = INSTRUCTIONS[self.task][0]
+        self._obs: np.ndarray | None = None
+        self.steps = 0
+
+    def reset(self, seed: int, episode: int, instruction: str | None = None) -> dict[str, Any]:
+        """Start episode `episode` of a run seeded `seed` (see the module docstring)."""
+        self.env.set_task(variation(self.task, seed, episode))
+        self.env.seed(seed * 100_003 + episode)
+        self._obs, _ = self.env.reset()
+        self.instruction = instruction if instruction is not None else INSTRUCTIONS[self.task][0]
+        self.steps = 0
+        return self.observation()
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+        """Apply a 4-D action (clipped to [-1, 1]); `done` is success or the step limit."""
+        if self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
+        self._obs, reward, _, _, info = self.env.step(action)
+        self.steps += 1
+        success = bool(info["success"])
+        return self.observation(), float(reward), success or self.steps >= self.max_steps, dict(info, success=success)
+
+    def render(self) -> np.ndarray:
+        self.renderer.update_scene(self.env.data, camera=self.camera)
+        if self.fast_render:
+            self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        image = self.renderer.render()
+        return np.ascontiguousarray(image[::-1]) if self.camera in _FLIPPED_CAMERAS else image
+
+    def observation(self) -> dict[str, Any]:
+        obs = self._obs.astype(np.float32)
+        return dict(image=self.render(), state=obs[:STATE_DIM].copy(), env_state=obs, instruction=self.instruction)
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
+
+
+def instruction_for(task: str, seed: int, episode: int) -> str:
+    """A paraphrase chosen reproducibly per (seed, episode), so demos cover every phrasing of a task."""
+    phrasings = INSTRUCTIONS[task]
+    return phrasings[np.random.default_rng([seed, episode, 7]).integers(len(phrasings))]
+
+
+# ------------------------------------------------------------------------------------------------ demonstrations
+@dataclass(frozen=True)
+class DemoSpec:
+    """Everything that determines a demonstration set; its hash names the cache directory."""
+    tasks: tuple[str, ...] = MT10  # Meta-World v3 task names
+    episodes_per_task: int = 10  # successful demonstrations kept per task
+    image_size: int = 128  # square camera image side, pixels
+    camera: str = "corner"  # Meta-World camera name
+    seed: int = 0  # demo placements use this run seed (evaluation uses another)
+    max_steps: int = 200  # step limit of an expert episode
+    max_attempts: int = 3  # tries per demo; a failed try moves on to a fresh placement
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
+
+
+def collect_demos(spec: DemoSpec = DemoSpec(), workers: int = 2, cache_dir: str | Path | None = None,
+                  progress: bool = True) -> EpisodeDataset:
+    """Scripted-expert demonstrations of `spec`, collected once over `workers` processes and cached on disk.
+
+    A second call with the same spec returns the cached dataset at once. A failed expert try (the scripted policies
+    succeed ~99% of the time) is discarded and retried on a fresh placement; the success counts are kept in the
+    dataset's `meta.json` (info.expert_attempts / info.expert_successes).
+    """
+    root = Path(cache_dir or default_cache_dir()) / f"metaworld-{spec.key()}"
+    if (root / "meta.json").exists():
+        return EpisodeDataset(root)
+    jobs = [(spec, task, e) for task in spec.tasks for e in range(spec.episodes_per_task)]
+    image_key = IMAGE_KEY.format(camera=spec.camera)
+    features = {image_key: ((spec.image_size, spec.image_size, 3), "uint8"), "observation.state": ((STATE_DIM,), "float32"),
+                "observation.environment_state": ((ENV_STATE_DIM,), "float32"), "action": ((ACTION_DIM,), "float32"),
+                "reward": ((), "float32")}
+    attempts, successes = 0, 0
+    writer = EpisodeWriter(root, features, fps=80,  # Meta-World steps at 1 / (5 x 2.5 ms)
+                           info=dict(spec=asdict(spec), source="metaworld scripted policies"))
+    with writer, _pool(workers) as pool:
+        results = pool.imap(_demo_job, jobs) if pool else map(_demo_job, jobs)
+        for (_, task, e), (episode, tries) in tqdm(zip(jobs, results), total=len(jobs), desc="expert demos",
+                                                   disable=not progress):
+            attempts += tries
+            if episode is None:
+                raise RuntimeError(f"the scripted expert failed {tries} times on {task} episode {e}")
+            successes += 1
+            frames, instruction = episode
+            writer.add_episode({image_key: frames["image"], "observation.state": frames["state"],
+                                "observation.environment_state": frames["env_state"], "action": frames["action"],
+                                "reward": frames["reward"]}, task=task, instruction=instruction, success=True)
+        writer.info.update(expert_attempts=attempts, expert_successes=successes)
+    return EpisodeDataset(root)
+
+
+def _pool(workers: int):
+    """A spawn-context process pool (fork would copy GL contexts), or a null context for workers <= 1."""
+    from contextlib import nullcontext
+    if workers <= 1:
+        return nullcontext(None)
+    return mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+
+
+def _init_worker() -> None:
+    warnings.filterwarnings("ignore", message="Constant")  # metaworld's policy gain warning
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+_ENVS: dict[tuple, MetaWorldEnv] = {}
+
+
+def _env(task: str, image_size: int, camera: str, max_steps: int) -> MetaWorldEnv:
+    """One environment per (task, image size, camera, step limit) per process, reused across episodes."""
+    key = (task, image_size, camera, max_steps)
+    if not _ENVS:  # registered after mujoco.egl's own atexit hook, so it runs before EGL is terminated
+        atexit.register(_close_envs)
+    if key not in _ENVS:
+        _ENVS[key] = MetaWorldEnv(task, image_size=image_size, camera=camera, max_steps=max_steps)
+    return _ENVS[key]
+
+
+def _close_envs() -> None:  # free GL contexts before interpreter teardown (else EGL complains at exit)
+    while _ENVS:
+        _ENVS.popitem()[1].close()
+
+
+def _demo_job(job: tuple[DemoSpec, str, int]):
+    """Roll the scripted expert on demo `e` of `task`; returns ((frames, instruction) | None, tries)."""
+    spec, task, e = job
+    env = _env(task, spec.image_size, spec.camera, spec.max_steps)
+    expert = ENV_POLICY_MAP[task]()
+    for attempt in range(spec.max_attempts):
+        episode = e + attempt * 1_000_000  # a retry uses a placement no other demo uses
+        instruction = instruction_for(task, spec.seed, e)
+        obs = env.reset(spec.seed, episode, instruction)
+        frames = {k: [] for k in ("image", "state", "env_state", "action", "reward")}
+        done, info = False, {"success": False}
+        while not done:
+            action = np.clip(expert.get_action(obs["env_state"].astype(np.float64)), -1, 1).astype(np.float32)
+            for k in ("image", "state", "env_state"):
+                frames[k].append(obs[k])
+            frames["action"].append(action)
+            obs, reward, done, info = env.step(action)
+            frames["reward"].append(np.float32(reward))
+        if info["success"]:
+            return ({k: np.stack(v) for k, v in frames.items()}, instruction), attempt + 1
+    return None, spec.max_attempts
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+Policy = Callable[[dict[str, Any]], np.ndarray]
+
+
+@dataclass
+class EvalConfig:
+    tasks: tuple[str, ...] = MT10  # tasks to evaluate
+    episodes_per_task: int = 10  # closed-loop episodes per task
+    seed: int = 1000  # evaluation placements (differs from the demos' seed 0: held-out placements)
+    image_size: int = 128  # must match what the policy was trained on
+    camera: str = "corner"  # Meta-World camera name
+    max_steps: int = 200  # step limit per episode (Meta-World's own limit is 500)
+    video_dir: str | None = None  # write rollout videos here (None: no videos)
+    video_episodes: int = 1  # videos for the first k episodes of each task
+    video_format: str = "mp4"  # "mp4" or "gif"
+    workers: int = 1  # evaluation processes (the policy is pickled to each)
+
+
+@dataclass
+class TaskResult:
+    task: str
+    successes: int
+    episodes: int
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.episodes)
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean(self.lengths))
+
+
+def evaluate(policy: Policy, cfg: EvalConfig = EvalConfig(), progress: bool = True) -> dict[str, TaskResult]:
+    """Run `policy` in closed loop on every task of `cfg`.
+
+    `policy(obs) -> action` gets the observation dict of `MetaWorldEnv` and returns one action (4,) or an action
+    chunk (k, 4) that is executed open loop before the policy is asked again. If the policy has a `reset()` method it
+    is called at the start of every episode.
+    """
+    jobs = [(cfg, task, e) for task in cfg.tasks for e in range(cfg.episodes_per_task)]
+    results = {task: TaskResult(task, 0, 0) for task in cfg.tasks}
+    with _pool_with_policy(cfg.workers, policy) as pool:
+        outcomes = pool.imap(_eval_job, jobs) if pool else (_eval_job(job, policy) for job in jobs)
+        bar = tqdm(zip(jobs, outcomes), total=len(jobs), desc="closed-loop eval", disable=not progress)
+        for (_, task, _), (success, length) in bar:
+            r = results[task]
+            r.successes, r.episodes = r.successes + success, r.episodes + 1
+            r.lengths.append(length)
+            bar.set_postfix(success=f"{sum(x.successes for x in results.values())}/{bar.n + 1}")
+    return results
+
+
+_worker_policy: Policy | None = None
+
+
+def _pool_with_policy(workers: int, policy: Policy):
+    from contextlib import nullcontext
+    if workers <= 1:
+        return nullcontext(None)
+    return mp.get_context("spawn").Pool(workers, initializer=_init_eval_worker, initargs=(policy,))
+
+
+def _init_eval_worker(policy: Policy) -> None:
+    global _worker_policy
+    _init_worker()
+    _worker_policy = policy
+
+
+def _eval_job(job: tuple[EvalConfig, str, int], policy: Policy | None = None) -> tuple[bool, int]:
+    cfg, task, e = job
+    policy = policy or _worker_policy
+    env = _env(task, cfg.image_size, cfg.camera, cfg.max_steps)
+    obs = env.reset(cfg.seed, e)
+    if hasattr(policy, "reset"):
+        policy.reset()
+    frames = [obs["image"]] if cfg.video_dir and e < cfg.video_episodes else None
+    done, info = False, {"success": False}
+    while not done:
+        actions = np.asarray(policy(obs), dtype=np.float32).reshape(-1, ACTION_DIM)
+        for action in actions:
+            obs, _, done, info = env.step(action)
+            if frames is not None:
+                frames.append(obs["image"])
+            if done:
+                break
+    if frames is not None:
+        outcome = "success" if info["success"] else "failure"
+        save_video(frames, Path(cfg.video_dir) / f"{task}_ep{e:03d}_{outcome}.{cfg.video_format}")
+    return bool(info["success"]), env.steps
+
+
+def save_video(frames: list[np.ndarray], path: str | Path, fps: int = 20) -> Path:
+    """Write frames (uint8 HxWx3) as an mp4 (H.264 through PyAV) or an animated gif, by the path's suffix."""
+    import imageio.v3 as iio
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.stack(frames)
+    if path.suffix == ".gif":
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    else:  # H.264 wants even sides
+        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+        iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=fps)
+    return path
+
+
+def format_results(results: dict[str, TaskResult]) -> str:
+    """A markdown table: success rate with its 95% interval and mean episode length per task, then the mean."""
+    lines = ["| task | success | 95% CI | mean length |", "|---|---|---|---|"]
+    for r in results.values():
+        lo, hi = r.ci95
+        lines.append(f"| {r.task} | {r.successes}/{r.episodes} ({r.success_rate:.0%}) | [{lo:.2f}, {hi:.2f}] "
+                     f"| {r.mean_length:.0f} |")
+    mean = float(np.mean([r.success_rate for r in results.values()]))
+    lines.append(f"| **mean** | **{mean:.1%}** | | |")
+    return "\n".join(lines)
