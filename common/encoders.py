@@ -8,6 +8,8 @@ with at most a prefix-stripping `key_map`.
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import Callable
 
@@ -228,6 +230,10 @@ class ResNet18Encoder(torchvision.models.ResNet):
         return torch.flatten(self.avgpool(self.feature_map(x)), 1)
 
 
+def _group_norm(channels: int, features_per_group: int) -> nn.GroupNorm:
+    return nn.GroupNorm(channels // features_per_group, channels)
+
+
 def resnet18(pretrained_path: str | Path | None = None, norm: str = "group",
              features_per_group: int = 16) -> ResNet18Encoder:
     """ResNet-18 image encoder, built as `torchvision.models.resnet18(weights=None)` with the `fc` head removed.
@@ -240,7 +246,7 @@ def resnet18(pretrained_path: str | Path | None = None, norm: str = "group",
     ImageNet checkpoint.
     """
     if norm == "group":
-        norm_layer = lambda channels: nn.GroupNorm(channels // features_per_group, channels)  # noqa: E731
+        norm_layer = functools.partial(_group_norm, features_per_group=features_per_group)  # picklable, unlike a lambda
     elif norm == "batch":
         norm_layer = nn.BatchNorm2d
     else:

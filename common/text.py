@@ -82,3 +82,14 @@ def tokenize(tokenizer: transformers.PreTrainedTokenizerBase, texts: str | Itera
     texts = [texts] if isinstance(texts, str) else list(texts)
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].bool()}
+
+
+def tokenizer_to_json(tokenizer: transformers.PreTrainedTokenizerFast) -> str:
+    """The whole tokenizer (vocabulary, merges, pre/post-processing) as one JSON string, e.g. to store it inside a
+    checkpoint's config.json so the checkpoint directory is self-contained."""
+    return tokenizer.backend_tokenizer.to_str()
+
+
+def tokenizer_from_json(blob: str) -> transformers.PreTrainedTokenizerFast:
+    """Inverse of `tokenizer_to_json` for tokenizers built by this module."""
+    return _wrap(Tokenizer.from_str(blob))

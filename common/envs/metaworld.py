@@ -43,6 +43,8 @@ from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
 from common.envs.metaworld_instructions import INSTRUCTIONS  # noqa: E402
 from common.metrics import wilson_interval  # noqa: E402
 
+warnings.filterwarnings("ignore", message="Constant")  # metaworld policies warn that their gains exceed [-1, 1]
+
 MT10 = tuple(MT10_V3)
 MT50 = tuple(ALL_V3_ENVIRONMENTS)
 IMAGE_KEY = "observation.images.{camera}"
@@ -136,6 +138,12 @@ class MetaWorldEnv:
         self.env.close()
 
 
+def to_features(obs: dict[str, Any], camera: str) -> dict[str, Any]:
+    """An environment observation under the dataset's feature names, so a policy reads both the same way."""
+    return {IMAGE_KEY.format(camera=camera): obs["image"], "observation.state": obs["state"],
+            "observation.environment_state": obs["env_state"], "instruction": obs["instruction"]}
+
+
 def instruction_for(task: str, seed: int, episode: int) -> str:
     """A paraphrase chosen reproducibly per (seed, episode), so demos cover every phrasing of a task."""
     phrasings = INSTRUCTIONS[task]
@@ -191,9 +199,7 @@ def collect_demos(spec: DemoSpec = DemoSpec(), workers: int = 2, cache_dir: str 
                 raise RuntimeError(f"the scripted expert failed {tries} times on {task} episode {e}")
             successes += 1
             frames, instruction = episode
-            writer.add_episode({image_key: frames["image"], "observation.state": frames["state"],
-                                "observation.environment_state": frames["env_state"], "action": frames["action"],
-                                "reward": frames["reward"]}, task=task, instruction=instruction, success=True)
+            writer.add_episode(frames, task=task, instruction=instruction, success=True)
         writer.info.update(expert_attempts=attempts, expert_successes=successes)
     return EpisodeDataset(root)
 
@@ -207,7 +213,6 @@ def _pool(workers: int):
 
 
 def _init_worker() -> None:
-    warnings.filterwarnings("ignore", message="Constant")  # metaworld's policy gain warning
     try:
         import torch
         torch.set_num_threads(1)
@@ -221,10 +226,11 @@ _ENVS: dict[tuple, MetaWorldEnv] = {}
 def _env(task: str, image_size: int, camera: str, max_steps: int) -> MetaWorldEnv:
     """One environment per (task, image size, camera, step limit) per process, reused across episodes."""
     key = (task, image_size, camera, max_steps)
-    if not _ENVS:  # registered after mujoco.egl's own atexit hook, so it runs before EGL is terminated
-        atexit.register(_close_envs)
     if key not in _ENVS:
+        first = not _ENVS
         _ENVS[key] = MetaWorldEnv(task, image_size=image_size, camera=camera, max_steps=max_steps)
+        if first:  # registered after mujoco.egl's own exit hook (imported by the first renderer), so it runs first
+            atexit.register(_close_envs)
     return _ENVS[key]
 
 
@@ -242,17 +248,16 @@ def _demo_job(job: tuple[DemoSpec, str, int]):
         episode = e + attempt * 1_000_000  # a retry uses a placement no other demo uses
         instruction = instruction_for(task, spec.seed, e)
         obs = env.reset(spec.seed, episode, instruction)
-        frames = {k: [] for k in ("image", "state", "env_state", "action", "reward")}
+        frames = []
         done, info = False, {"success": False}
         while not done:
             action = np.clip(expert.get_action(obs["env_state"].astype(np.float64)), -1, 1).astype(np.float32)
-            for k in ("image", "state", "env_state"):
-                frames[k].append(obs[k])
-            frames["action"].append(action)
+            frame = to_features(obs, spec.camera)
+            del frame["instruction"]
             obs, reward, done, info = env.step(action)
-            frames["reward"].append(np.float32(reward))
+            frames.append(dict(frame, action=action, reward=np.float32(reward)))
         if info["success"]:
-            return ({k: np.stack(v) for k, v in frames.items()}, instruction), attempt + 1
+            return ({k: np.stack([f[k] for f in frames]) for k in frames[0]}, instruction), attempt + 1
     return None, spec.max_attempts
 
 

@@ -1,0 +1,134 @@
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import from_dict
+from common.data import ChunkDataset
+from common.envs.metaworld import collect_demos
+from common.train import last_checkpoint, read_config, read_metrics, seed_everything
+
+from bc import eval as bc_eval
+from bc.config import PRESETS, BCConfig
+from bc import train as bc_train
+from bc.train import build_model, demo_spec, instruction_tokenizer, train
+
+BC_DIR = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One small demo set for the whole module, in a private cache."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("EMBODIED_CACHE")
+    os.environ["EMBODIED_CACHE"] = str(path)
+    collect_demos(demo_spec(PRESETS["smoke"]), workers=2, progress=False)
+    yield path
+    if old is None:
+        os.environ.pop("EMBODIED_CACHE")
+    else:
+        os.environ["EMBODIED_CACHE"] = old
+
+
+def smoke(tmp_path, **overrides) -> BCConfig:
+    return dataclasses.replace(PRESETS["smoke"], run_dir=str(tmp_path / "run"), **overrides)
+
+
+def _model_and_data(cfg):
+    demos = collect_demos(demo_spec(cfg))
+    model = build_model(cfg, demos.stats, instruction_tokenizer(cfg), 39, 4)
+    return model, ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
+
+
+def test_loss_decreases_on_a_fixed_batch(cache, tmp_path):
+    seed_everything(0)
+    model, data = _model_and_data(smoke(tmp_path, shift_augment=0))
+    batch = torch.utils.data.default_collate([data[i] for i in range(0, len(data), len(data) // 16)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(60):
+        loss = model.loss(model(batch), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], [round(x, 3) for x in losses[::5]]
+
+
+def test_padded_steps_do_not_count(cache, tmp_path):
+    cfg = smoke(tmp_path)
+    model, data = _model_and_data(cfg)
+    last = data.dataset.episodes[0]["length"] - 1
+    batch = torch.utils.data.default_collate([data[last]])  # one real step, H-1 padded
+    assert batch["action_is_pad"].sum() == cfg.horizon - 1
+    predicted = model(batch)
+    corrupted = dict(batch, action=batch["action"].clone())
+    corrupted["action"][:, 1:] += 100.0  # change only the padded targets
+    assert torch.equal(model.loss(predicted, batch), model.loss(predicted, corrupted))
+
+
+def test_train_evaluate_and_reload(cache, tmp_path):
+    cfg = smoke(tmp_path)
+    results = train(cfg)
+    run = Path(cfg.run_dir)
+    assert set(results) == set(cfg.tasks) and all(r["episodes"] == 1 for r in results.values())
+    assert (run / "eval.md").exists() and len(read_metrics(run)) == cfg.steps // cfg.log_every
+    checkpoint = last_checkpoint(run)
+    assert checkpoint.name == f"{cfg.steps:08d}"
+    assert from_dict(BCConfig, read_config(checkpoint)["config"]) == cfg  # the checkpoint rebuilds the config
+    again = bc_eval.main(bc_eval.EvalArgs(checkpoint=checkpoint, workers=1, video_dir=str(tmp_path / "videos")))
+    assert again == json.loads((run / "eval.json").read_text())  # same weights, same placements, same result
+    assert len(list((tmp_path / "videos").iterdir())) == len(cfg.tasks)
+
+
+def test_resume_is_exact(cache, tmp_path, monkeypatch):
+    """A run killed right after its step-3 checkpoint and resumed ends with the same losses and bit-identical
+    weights as an uninterrupted 6-step run."""
+    straight = smoke(tmp_path / "a", eval_episodes=0, log_every=1)
+    train(straight)
+    interrupted = smoke(tmp_path / "b", eval_episodes=0, log_every=1)
+    save = bc_train.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bc_train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    monkeypatch.undo()
+    assert last_checkpoint(interrupted.run_dir).name == f"{interrupted.save_every:08d}"
+    train(dataclasses.replace(interrupted, resume=True))
+    a, b = read_metrics(straight.run_dir), read_metrics(interrupted.run_dir)
+    assert [m["step"] for m in b] == list(range(1, 7)) and [m["loss"] for m in a] == [m["loss"] for m in b]
+    wa, wb = _weights(last_checkpoint(straight.run_dir)), _weights(last_checkpoint(interrupted.run_dir))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _weights(checkpoint):
+    from safetensors.torch import load_file
+    return load_file(checkpoint / "model.safetensors")
+
+
+def test_torchrun_two_processes_match_one(cache, tmp_path):
+    """DDP over 2 gloo processes takes the same steps as one process with the same global batch.
+
+    Augmentation is off: each rank draws its own random shifts, so with it on the two runs see different pixels."""
+    args = ["--preset", "smoke", "--steps", "3", "--log_every", "1", "--eval_episodes", "0", "--shift_augment", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], cwd=BC_DIR, env=env,
+                   check=True, capture_output=True, timeout=300)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(port), "train.py", *args, "--run_dir", str(tmp_path / "two")],
+                   cwd=BC_DIR, env=env, check=True, capture_output=True, timeout=300)
+    one, two = ([m["loss"] for m in read_metrics(tmp_path / d)] for d in ("one", "two"))
+    assert len(one) == 3 and torch.allclose(torch.tensor(one), torch.tensor(two), atol=1e-5)

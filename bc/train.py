@@ -1,0 +1,126 @@
+"""Train the BC baseline on embedded Meta-World demos, then evaluate it in closed loop.
+
+    python train.py                              # tiny preset: MT10, 10 demos/task, ~15 min of CPU, then eval
+    python train.py --tasks reach-v3 --steps 500 # any field of config.BCConfig can be overridden
+    python train.py --resume                     # continue run_dir's last checkpoint exactly
+    torchrun --nproc_per_node 2 train.py         # DDP (gloo on CPU, NCCL on GPU); same global batch
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from common.config import parse_config, to_dict
+from common.data import ChunkDataset
+from common.envs.metaworld import DemoSpec, EvalConfig, collect_demos, evaluate, format_results
+from common.envs.metaworld_instructions import INSTRUCTIONS
+from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
+from common.train import (Logger, cleanup_distributed, init_distributed, last_checkpoint, load_checkpoint,
+                          mean_over_ranks, resumable_loader, save_checkpoint, seed_everything)
+
+from bc.config import PRESETS, BCConfig
+from bc.model import BCPolicy, ClosedLoopPolicy
+
+
+def demo_spec(cfg: BCConfig) -> DemoSpec:
+    return DemoSpec(tasks=cfg.tasks, episodes_per_task=cfg.episodes_per_task, image_size=cfg.demo_image_size,
+                    camera=cfg.camera, seed=cfg.demo_seed)
+
+
+def instruction_tokenizer(cfg: BCConfig) -> str:
+    """A BPE vocabulary trained on every paraphrase of the tasks (deterministic for a fixed corpus), as JSON."""
+    corpus = [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
+    return tokenizer_to_json(train_bpe_tokenizer(corpus, vocab_size=cfg.vocab_size))
+
+
+def build_model(cfg: BCConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> BCPolicy:
+    return BCPolicy(cfg, stats, tokenizer_from_json(tokenizer_json), state_dim, action_dim)
+
+
+def checkpoint_config(cfg: BCConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> dict:
+    """What `eval.py` needs to rebuild the model from a checkpoint directory alone."""
+    return dict(config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json, state_dim=state_dim, action_dim=action_dim)
+
+
+def train(cfg: BCConfig) -> dict:
+    dist = init_distributed(cfg.device)
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+
+    # Data: collected once on rank 0 (cached on disk), then read by every rank.
+    if dist.is_main:
+        collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    demos = collect_demos(demo_spec(cfg), progress=False)
+    data = ChunkDataset(demos, cfg.horizon, [f"observation.images.{cfg.camera}", cfg.state_key])
+    state_dim = demos.features[cfg.state_key]["shape"][0]
+    action_dim = demos.features["action"]["shape"][0]
+    tokenizer_json = instruction_tokenizer(cfg)
+    model = build_model(cfg, demos.stats, tokenizer_json, state_dim, action_dim).to(dist.device)
+    meta = checkpoint_config(cfg, demos.stats, tokenizer_json, state_dim, action_dim)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
+    step = 0
+    if cfg.resume:
+        checkpoint = last_checkpoint(run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
+        step = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        print(f"resumed from {checkpoint} at step {step}")
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
+    batches = resumable_loader(data, cfg.batch_size, cfg.seed, step, dist.rank, dist.world_size, cfg.num_workers)
+    n_params = sum(p.numel() for p in model.parameters())
+    if dist.is_main:
+        print(f"BC policy: {n_params / 1e6:.2f}M parameters; {len(demos.episodes)} demos, {len(data)} samples; "
+              f"{cfg.steps} steps of batch {cfg.batch_size} on {dist.world_size} x {dist.device}")
+    logger = Logger(run_dir, cfg.steps, step, to_dict(cfg), cfg.wandb_project, enabled=dist.is_main)
+
+    model.train()
+    while step < cfg.steps:
+        batch = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
+        loss = model.loss(ddp(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        logger.advance()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            logger.log(step, dict(loss=mean_over_ranks(loss).item(), grad_norm=grad_norm.item(),
+                                  lr=scheduler.get_last_lr()[0]))
+        if dist.is_main and (step % cfg.save_every == 0 or step == cfg.steps):
+            save_checkpoint(run_dir, step, model, meta, optimizer, scheduler)
+    logger.close()
+
+    results = {}
+    if dist.is_main and cfg.eval_episodes > 0:
+        results = evaluate_model(model.cpu(), cfg, run_dir)
+    cleanup_distributed()
+    return results
+
+
+def evaluate_model(model: BCPolicy, cfg: BCConfig, out_dir: Path) -> dict:
+    """Closed-loop success per task on placements never seen in the demos; writes eval.json and eval.md."""
+    eval_cfg = EvalConfig(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, seed=cfg.eval_seed,
+                          image_size=cfg.demo_image_size, camera=cfg.camera, max_steps=cfg.eval_max_steps,
+                          video_dir=cfg.video_dir, workers=cfg.eval_workers)
+    results = evaluate(ClosedLoopPolicy(model), eval_cfg)
+    table = format_results(results)
+    print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.md").write_text(table + "\n")
+    summary = {t: dict(success_rate=r.success_rate, successes=r.successes, episodes=r.episodes, ci95=list(r.ci95),
+                       mean_length=r.mean_length) for t, r in results.items()}
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    train(parse_config(PRESETS, sys.argv[1:], description=__doc__))
