@@ -20,7 +20,7 @@ from common.envs.metaworld import DemoSpec, EvalConfig, collect_demos, evaluate,
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, cleanup_distributed, init_distributed, last_checkpoint, load_checkpoint,
-                          mean_over_ranks, resumable_loader, save_checkpoint, seed_everything)
+                          mean_over_ranks, plot_metrics, resumable_loader, save_checkpoint, seed_everything)
 
 from bc.config import PRESETS, BCConfig
 from bc.model import BCPolicy, ClosedLoopPolicy
@@ -98,6 +98,8 @@ def train(cfg: BCConfig) -> dict:
         if dist.is_main and (step % cfg.save_every == 0 or step == cfg.steps):
             save_checkpoint(run_dir, step, model, meta, optimizer, scheduler)
     logger.close()
+    if dist.is_main:
+        print(f"learning curve: {plot_metrics(run_dir, ('loss', 'grad_norm'))}")
 
     results = {}
     if dist.is_main and cfg.eval_episodes > 0:

@@ -220,6 +220,25 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def plot_metrics(run_dir: str | Path, keys: tuple[str, ...] = ("loss",), out: str | Path | None = None) -> Path:
+    """A PNG of the logged `keys` against the step (log scale for losses), next to `metrics.jsonl` by default."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    rows = read_metrics(run_dir)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points))
+        ax.set(xlabel="step", title=key, yscale="log" if "loss" in key else "linear")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out or Path(run_dir) / "metrics.png")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- distributed
 @dataclass
 class Dist:

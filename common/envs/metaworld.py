@@ -25,12 +25,20 @@ import json
 import multiprocessing as mp
 import os
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first mujoco import
+
+# Mesa's software renderer (llvmpipe, behind EGL) and triton (imported lazily by torch.optim through torch._dynamo)
+# each bring their own LLVM; if triton's is loaded second the process segfaults. Load torch's compiler stack first.
+try:
+    import torch._dynamo  # noqa: F401
+except ImportError:  # torch is optional for the environment itself
+    pass
 
 import metaworld  # noqa: E402
 import mujoco  # noqa: E402
@@ -204,18 +212,23 @@ def collect_demos(spec: DemoSpec = DemoSpec(), workers: int = 2, cache_dir: str 
     return EpisodeDataset(root)
 
 
-def _pool(workers: int):
-    """A spawn-context process pool (fork would copy GL contexts), or a null context for workers <= 1."""
-    from contextlib import nullcontext
+def _pool(workers: int, policy: "Policy | None" = None):
+    """A spawn-context process pool (fork would copy GL contexts), or a null context for workers <= 1. `policy` is
+    pickled once to each worker (for evaluation)."""
     if workers <= 1:
         return nullcontext(None)
-    return mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+    return mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(policy,))
 
 
-def _init_worker() -> None:
+_worker_policy: "Policy | None" = None
+
+
+def _init_worker(policy: "Policy | None") -> None:
+    global _worker_policy
+    _worker_policy = policy
     try:
         import torch
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # one process per core
     except ImportError:
         pass
 
@@ -308,7 +321,7 @@ def evaluate(policy: Policy, cfg: EvalConfig = EvalConfig(), progress: bool = Tr
     """
     jobs = [(cfg, task, e) for task in cfg.tasks for e in range(cfg.episodes_per_task)]
     results = {task: TaskResult(task, 0, 0) for task in cfg.tasks}
-    with _pool_with_policy(cfg.workers, policy) as pool:
+    with _pool(cfg.workers, policy) as pool:
         outcomes = pool.imap(_eval_job, jobs) if pool else (_eval_job(job, policy) for job in jobs)
         bar = tqdm(zip(jobs, outcomes), total=len(jobs), desc="closed-loop eval", disable=not progress)
         for (_, task, _), (success, length) in bar:
@@ -317,22 +330,6 @@ def evaluate(policy: Policy, cfg: EvalConfig = EvalConfig(), progress: bool = Tr
             r.lengths.append(length)
             bar.set_postfix(success=f"{sum(x.successes for x in results.values())}/{bar.n + 1}")
     return results
-
-
-_worker_policy: Policy | None = None
-
-
-def _pool_with_policy(workers: int, policy: Policy):
-    from contextlib import nullcontext
-    if workers <= 1:
-        return nullcontext(None)
-    return mp.get_context("spawn").Pool(workers, initializer=_init_eval_worker, initargs=(policy,))
-
-
-def _init_eval_worker(policy: Policy) -> None:
-    global _worker_policy
-    _init_worker()
-    _worker_policy = policy
 
 
 def _eval_job(job: tuple[EvalConfig, str, int], policy: Policy | None = None) -> tuple[bool, int]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from common.train import (Logger, ResumableSampler, last_checkpoint, load_checkpoint, load_pretrained, read_config,
-                          read_metrics, resumable_loader, save_checkpoint, save_pretrained, seed_everything)
+from common.train import (Logger, ResumableSampler, last_checkpoint, load_checkpoint, load_pretrained, plot_metrics,
+                          read_config, read_metrics, resumable_loader, save_checkpoint, save_pretrained, seed_everything)
 
 
 def _model():
@@ -87,6 +87,8 @@ def test_logger_writes_metrics(tmp_path):
         log.advance()
     log.close()
     assert [m["loss"] for m in read_metrics(tmp_path)] == [1.0, 0.5, 1.0 / 3]
+    png = plot_metrics(tmp_path)
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
