@@ -16,7 +16,7 @@ import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset
-from common.envs.metaworld import DemoSpec, EvalConfig, collect_demos, evaluate, format_results
+from common.envs.metaworld import IMAGE_KEY, DemoSpec, EvalConfig, collect_demos, evaluate, format_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, cleanup_distributed, init_distributed, last_checkpoint, load_checkpoint,
@@ -57,7 +57,7 @@ def train(cfg: BCConfig) -> dict:
     if dist.world_size > 1:
         torch.distributed.barrier()
     demos = collect_demos(demo_spec(cfg), progress=False)
-    data = ChunkDataset(demos, cfg.horizon, [f"observation.images.{cfg.camera}", cfg.state_key])
+    data = ChunkDataset(demos, cfg.horizon, [IMAGE_KEY.format(camera=cfg.camera), cfg.state_key])
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
     tokenizer_json = instruction_tokenizer(cfg)
@@ -118,8 +118,7 @@ def evaluate_model(model: BCPolicy, cfg: BCConfig, out_dir: Path) -> dict:
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.md").write_text(table + "\n")
-    summary = {t: dict(success_rate=r.success_rate, successes=r.successes, episodes=r.episodes, ci95=list(r.ci95),
-                       mean_length=r.mean_length) for t, r in results.items()}
+    summary = {task: r.as_dict() for task, r in results.items()}
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     return summary
 

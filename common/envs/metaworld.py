@@ -257,9 +257,9 @@ def _demo_job(job: tuple[DemoSpec, str, int]):
     spec, task, e = job
     env = _env(task, spec.image_size, spec.camera, spec.max_steps)
     expert = ENV_POLICY_MAP[task]()
+    instruction = instruction_for(task, spec.seed, e)
     for attempt in range(spec.max_attempts):
         episode = e + attempt * 1_000_000  # a retry uses a placement no other demo uses
-        instruction = instruction_for(task, spec.seed, e)
         obs = env.reset(spec.seed, episode, instruction)
         frames = []
         done, info = False, {"success": False}
@@ -295,9 +295,12 @@ class EvalConfig:
 @dataclass
 class TaskResult:
     task: str
-    successes: int
-    episodes: int
-    lengths: list[int] = field(default_factory=list)
+    successes: int = 0
+    lengths: list[int] = field(default_factory=list)  # one entry per finished episode
+
+    @property
+    def episodes(self) -> int:
+        return len(self.lengths)
 
     @property
     def success_rate(self) -> float:
@@ -311,6 +314,11 @@ class TaskResult:
     def mean_length(self) -> float:
         return float(np.mean(self.lengths))
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary (what methods write to eval.json)."""
+        return dict(success_rate=self.success_rate, successes=self.successes, episodes=self.episodes,
+                    ci95=list(self.ci95), mean_length=self.mean_length)
+
 
 def evaluate(policy: Policy, cfg: EvalConfig = EvalConfig(), progress: bool = True) -> dict[str, TaskResult]:
     """Run `policy` in closed loop on every task of `cfg`.
@@ -320,13 +328,13 @@ def evaluate(policy: Policy, cfg: EvalConfig = EvalConfig(), progress: bool = Tr
     is called at the start of every episode.
     """
     jobs = [(cfg, task, e) for task in cfg.tasks for e in range(cfg.episodes_per_task)]
-    results = {task: TaskResult(task, 0, 0) for task in cfg.tasks}
+    results = {task: TaskResult(task) for task in cfg.tasks}
     with _pool(cfg.workers, policy) as pool:
         outcomes = pool.imap(_eval_job, jobs) if pool else (_eval_job(job, policy) for job in jobs)
         bar = tqdm(zip(jobs, outcomes), total=len(jobs), desc="closed-loop eval", disable=not progress)
         for (_, task, _), (success, length) in bar:
             r = results[task]
-            r.successes, r.episodes = r.successes + success, r.episodes + 1
+            r.successes += success
             r.lengths.append(length)
             bar.set_postfix(success=f"{sum(x.successes for x in results.values())}/{bar.n + 1}")
     return results
