@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data import Normalizer
+from common.data import Normalizer, random_shift
 from common.encoders import resnet18
 from common.envs.metaworld import IMAGE_KEY, to_features
 from common.text import tokenize
@@ -105,11 +105,3 @@ class ClosedLoopPolicy:
                  for k in (model.image_key, cfg.state_key)}
         batch["instruction"] = [obs["instruction"]]
         return model.predict_chunk(batch)[0, : cfg.n_action_steps].cpu().numpy()
-
-
-def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Pad each image by `pad` pixels (replicating edges) and crop back at a random offset (DrQ, Kostrikov 2020)."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2, b)).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])

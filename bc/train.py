@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset
-from common.envs.metaworld import IMAGE_KEY, DemoSpec, EvalConfig, collect_demos, evaluate, format_results
+from common.envs.metaworld import IMAGE_KEY, DemoSpec, EvalConfig, collect_demos, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, cleanup_distributed, init_distributed, last_checkpoint, load_checkpoint,
@@ -114,13 +113,7 @@ def evaluate_model(model: BCPolicy, cfg: BCConfig, out_dir: Path) -> dict:
                           image_size=cfg.demo_image_size, camera=cfg.camera, max_steps=cfg.eval_max_steps,
                           video_dir=cfg.video_dir, workers=cfg.eval_workers)
     results = evaluate(ClosedLoopPolicy(model), eval_cfg)
-    table = format_results(results)
-    print(table)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.md").write_text(table + "\n")
-    summary = {task: r.as_dict() for task, r in results.items()}
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return save_results(results, out_dir)
 
 
 if __name__ == "__main__":

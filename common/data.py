@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FORMAT_NAME = "embodied-episodes"
@@ -195,6 +196,18 @@ class ChunkDataset(torch.utils.data.Dataset):
                     instruction=ep["instruction"], task_index=ep["task_index"], episode_index=ep["index"],
                     frame_index=t - ep["start"])
         return item
+
+
+def random_shift(x: torch.Tensor, pad: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad each image (B, C, H, W) by `pad` pixels, replicating edges, and crop back at a random offset (DrQ,
+    Kostrikov et al. 2020). `offsets` (2, B) integers in [0, 2·pad] give (dx, dy) per image; by default they are
+    drawn from torch's global RNG."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    if offsets is None:
+        offsets = torch.randint(0, 2 * pad + 1, (2, b))
+    dx, dy = offsets.tolist()
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
 class Normalizer(nn.Module):

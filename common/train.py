@@ -25,7 +25,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
 
@@ -114,10 +115,16 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_pretrained(model: torch.nn.Module, config: Mapping[str, Any], directory: str | Path) -> Path:
-    """Write `model.safetensors` + `config.json` into `directory` (atomically, file by file)."""
+def save_pretrained(model: torch.nn.Module | Mapping[str, torch.Tensor], config: Mapping[str, Any],
+                    directory: str | Path) -> Path:
+    """Write `model.safetensors` + `config.json` into `directory` (atomically, file by file). `model` may also be
+    a full state dict (e.g. gathered from FSDP shards by `full_state`)."""
     directory = Path(directory)
-    _atomic(directory / "model.safetensors", lambda p: save_model(_unwrap(model), str(p)))
+    if isinstance(model, torch.nn.Module):
+        _atomic(directory / "model.safetensors", lambda p: save_model(_unwrap(model), str(p)))
+    else:
+        _atomic(directory / "model.safetensors",
+                lambda p: save_file({k: v.contiguous() for k, v in model.items()}, str(p)))
     _atomic(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=1, default=str)))
     return directory
 
@@ -141,20 +148,42 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, config: Mapping[str, Any],
-                    optimizer: torch.optim.Optimizer, scheduler: Any = None, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module | Mapping[str, torch.Tensor],
+                    config: Mapping[str, Any], optimizer: torch.optim.Optimizer | Mapping[str, Any],
+                    scheduler: Any = None, keep: int = 2) -> Path:
     """Save weights + config + training state under `<run>/checkpoints/<step>`; point `last` at it; keep the newest
-    `keep` checkpoints."""
+    `keep` checkpoints. `model` / `optimizer` may be state dicts instead (FSDP: see `full_state`)."""
     root = Path(run_dir) / "checkpoints"
     directory = root / f"{step:08d}"
     save_pretrained(model, config, directory)
-    state = dict(step=step, optimizer=optimizer.state_dict(), rng=rng_state(),
+    optimizer_state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
+    state = dict(step=step, optimizer=optimizer_state, rng=rng_state(),
                  scheduler=scheduler.state_dict() if scheduler is not None else None)
     _atomic(directory / "train_state.pt", lambda p: torch.save(state, p))
     _atomic(root / "last", lambda p: p.write_text(directory.name))
     for old in sorted(d for d in root.iterdir() if d.is_dir() and d.name.isdigit())[:-keep]:
         shutil.rmtree(old)
     return directory
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded CPU state dicts of an FSDP-sharded model and its optimizer (a collective: call it on every rank,
+    then save on rank 0 with `save_checkpoint`; restore with `load_full_state`)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any = None) -> int:
+    """`load_checkpoint` for an FSDP-sharded model: every rank reads the full files and keeps its shards."""
+    directory = Path(directory)
+    state = torch.load(directory / "train_state.pt", weights_only=True, map_location="cpu")
+    set_state_dict(model, optimizer, model_state_dict=load_file(directory / "model.safetensors"),
+                   optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
 
 def last_checkpoint(run_dir: str | Path) -> Path | None:

@@ -387,3 +387,15 @@ def format_results(results: dict[str, TaskResult]) -> str:
     mean = float(np.mean([r.success_rate for r in results.values()]))
     lines.append(f"| **mean** | **{mean:.1%}** | | |")
     return "\n".join(lines)
+
+
+def save_results(results: dict[str, TaskResult], out_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Print the results table and write it to `out_dir`/eval.md, with the per-task summary in eval.json."""
+    table = format_results(results)
+    print(table)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.md").write_text(table + "\n")
+    summary = {task: r.as_dict() for task, r in results.items()}
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+    return summary
