@@ -38,15 +38,15 @@ MASK_VALUE = -2.3819763e38  # openpi's additive attention mask (finite, so fully
 
 
 # ---------------------------------------------------------------------------------------------------- flow matching
-def sample_time(batch: int, cfg: PI0Config, generator: torch.Generator | None = None) -> Tensor:
-    """τ ~ Beta(1.5, 1)·s + (1 − s), s = 0.999 (π0 App. B: more weight on noisy τ, never exactly 0)."""
-    beta = torch.distributions.Beta(torch.tensor(cfg.time_beta_alpha), torch.tensor(cfg.time_beta_beta))
-    if generator is None:
-        return beta.sample((batch,)) * cfg.time_s + (1 - cfg.time_s)
-    # Beta via two Gammas with an explicit generator (torch.distributions draws from the global RNG)
-    a = torch._standard_gamma(torch.full((batch,), cfg.time_beta_alpha), generator=generator)
-    b = torch._standard_gamma(torch.full((batch,), cfg.time_beta_beta), generator=generator)
-    return a / (a + b) * cfg.time_s + (1 - cfg.time_s)
+def sample_time(batch: int, cfg: PI0Config, generator: torch.Generator) -> Tensor:
+    """τ ~ Beta(1.5, 1)·s + (1 − s), s = 0.999 (π0 App. B: more weight on noisy τ, never exactly 0).
+
+    Beta(α, β) = X / (X + Y) with X ~ Gamma(α), Y ~ Gamma(β), drawn from `generator` (torch.distributions.Beta
+    only draws from the global RNG).
+    """
+    x = torch._standard_gamma(torch.full((batch,), cfg.time_beta_alpha), generator=generator)
+    y = torch._standard_gamma(torch.full((batch,), cfg.time_beta_beta), generator=generator)
+    return x / (x + y) * cfg.time_s + (1 - cfg.time_s)
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
@@ -163,7 +163,7 @@ def joint_layer(layers: list[GemmaLayer], xs: list[Tensor], conds: list[Tensor |
     if past_kv is not None:
         k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
     # scale 1/sqrt(head_dim) (Gemma 1); multi-query: one key/value head shared by all query heads
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), enable_gqa=True)
     attn = attn.transpose(1, 2).flatten(2)
     out, start = [], 0
     for i, (layer, x, c, (_, _, _, gate)) in enumerate(zip(layers, xs, conds, qkv)):
@@ -461,7 +461,7 @@ class Pi0Policy(nn.Module):
     def inputs(self, batch: Mapping, shift: Tensor | None = None):
         """images, image_masks, tokens, token_masks, padded state. `shift`: (2, B) random-shift offsets or None."""
         cfg = self.cfg
-        device = self.normalizer.action__mean.device
+        device = self.model.action_in_proj.weight.device
         img = batch[self.image_key].to(device).permute(0, 3, 1, 2).float() / 255
         img = resize_with_pad(img, cfg.image_size)
         if shift is not None and cfg.shift_augment > 0:

@@ -20,7 +20,7 @@ from pi0 import eval as pi0_eval
 from pi0 import train as pi0_train
 from pi0.config import PRESETS, PI0Config
 from pi0.model import (PI0, block_attention_mask, flow_matching_loss, load_official_state_dict,
-                       official_key_to_ours, to_official_state_dict)
+                       official_key_to_ours, sample_time, to_official_state_dict)
 from pi0.train import build_policy, build_tokenizer, demo_spec, training_noise, train
 
 PI0_DIR = Path(__file__).parents[1]
@@ -85,6 +85,14 @@ def test_prefix_does_not_see_the_suffix(variant):
     assert torch.equal(v, model.velocity(images, image_masks, tokens2, token_masks, state, noise, time))
     tokens2[1, 0] += 1
     assert not torch.allclose(v[1], model.velocity(images, image_masks, tokens2, token_masks, state, noise, time)[1])
+
+
+def test_time_distribution():
+    """τ = Beta(1.5, 1)·0.999 + 0.001: mean 0.6·0.999 + 0.001, CDF ((τ − 0.001)/0.999)^1.5, never below 0.001."""
+    tau = sample_time(200_000, PRESETS["tiny"], torch.Generator().manual_seed(0))
+    assert tau.min() >= 0.001 and tau.max() <= 1.0
+    assert abs(tau.mean().item() - (0.6 * 0.999 + 0.001)) < 3e-3
+    assert abs((tau < 0.5).float().mean().item() - ((0.5 - 0.001) / 0.999) ** 1.5) < 3e-3
 
 
 def test_loss_decreases_on_a_fixed_batch():
