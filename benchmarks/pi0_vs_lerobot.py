@@ -7,8 +7,9 @@
 LeRobot 0.6.1 needs Python 3.12 and its own torch, so it cannot share our venv; make it with
     /root/.pyenv/versions/3.12.1/bin/python3.12 -m venv /work/lerobot-venv
     /work/lerobot-venv/bin/pip install "lerobot[pi,smolvla,diffusion]==0.6.1"
-Its side runs in a subprocess (pi0/tools/lerobot_reference.py bench); the two sides alternate, twice each, and
-each reports its median over `repeats` timed calls, so a busy neighbour slows both alike.
+Its side runs in a subprocess (pi0/tools/lerobot_reference.py bench); the two sides alternate for `--rounds`
+rounds, each reports its median over `repeats` timed calls, and the ratio is taken within each round and its
+median reported, so a busy neighbour (this machine is shared) slows both sides of a ratio alike.
 
 Measured: (1) one training step, batch 8: loss (forward), backward, AdamW step; (2) the latency of one action
 chunk, batch 1: the prefix pass and 10 Euler steps of the action expert, no grad. Both models are π0 at our `tiny`
@@ -103,35 +104,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (ratios are taken per round)")
     parser.add_argument("--lerobot-python", default="/work/lerobot-venv/bin/python")
     args = parser.parse_args()
     repeats, warmup = (3, 1) if args.quick else (10, 2)
     train_cfg, chunk_cfg = bench_config(batch=8), bench_config(batch=1)
     runs = {k: [] for k in ("ours_train", "ours_chunk", "lerobot_train", "lerobot_chunk")}
-    for _ in range(2):  # alternate the two sides
+    for _ in range(args.rounds):  # alternate the two sides; a ratio is taken within each round
         runs["ours_train"].append(ours("train", train_cfg, args.threads, repeats, warmup))
-        runs["ours_chunk"].append(ours("chunk", chunk_cfg, args.threads, repeats, warmup))
         runs["lerobot_train"].append(lerobot(args.lerobot_python, train_cfg, args.threads, repeats, warmup)
                                      ["train_step_ms"])
+        runs["ours_chunk"].append(ours("chunk", chunk_cfg, args.threads, repeats, warmup))
         runs["lerobot_chunk"].append(lerobot(args.lerobot_python, chunk_cfg, args.threads, repeats, warmup)
                                      ["chunk_ms"])
-    best = {k: min(v) for k, v in runs.items()}
     params = sum(p.numel() for p in PI0(PRESETS["tiny"]).parameters())
-    rows = [("train step, batch 8 (ms)", best["ours_train"], best["lerobot_train"]),
-            ("action chunk, batch 1, 10 steps (ms)", best["ours_chunk"], best["lerobot_chunk"])]
+    rows = []
+    for name, kind in (("train step, batch 8", "train"), ("action chunk, batch 1, 10 steps", "chunk")):
+        a, b = runs[f"ours_{kind}"], runs[f"lerobot_{kind}"]
+        ratios = [x / y for x, y in zip(a, b)]
+        rows.append((name, statistics.median(a), statistics.median(b), statistics.median(ratios), min(ratios),
+                     max(ratios)))
     header = (f"π0 at the `tiny` preset's sizes ({params / 1e6:.2f}M parameters without LeRobot's unused LM heads), "
-              f"float32, CPU, {args.threads} threads, median of {repeats} after {warmup} warm-up, best of 2 "
-              f"alternating rounds")
-    lines = [header, "", "| measure | ours | LeRobot 0.6.1 | ours / LeRobot |", "|---|---|---|---|"]
-    lines += [f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f}x |" for name, a, b in rows]
+              f"float32, CPU, {args.threads} threads; each side reports the median of {repeats} calls after "
+              f"{warmup} warm-up; {args.rounds} alternating rounds, the ratio taken within each round")
+    lines = [header, "", "| measure | ours (ms) | LeRobot 0.6.1 (ms) | ours / LeRobot, median over rounds | range |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {n} | {a:.1f} | {b:.1f} | **{r:.2f}x** | {lo:.2f}-{hi:.2f} |" for n, a, b, r, lo, hi in rows]
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pi0_vs_lerobot.md").write_text(table + "\n")
     with open(RESULTS / "pi0_vs_lerobot.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["measure", "ours_ms", "lerobot_ms", "ratio"])
-        writer.writerows([(name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.3f}") for name, a, b in rows])
+        writer.writerow(["measure", "ours_ms", "lerobot_ms", "ratio_median", "ratio_min", "ratio_max"])
+        writer.writerows([(n, f"{a:.2f}", f"{b:.2f}", f"{r:.3f}", f"{lo:.3f}", f"{hi:.3f}")
+                          for n, a, b, r, lo, hi in rows])
 
 
 if __name__ == "__main__":
