@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
 
@@ -169,21 +168,20 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module | Map
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Unsharded CPU state dicts of an FSDP-sharded model and its optimizer (a collective: call it on every rank,
     then save on rank 0 with `save_checkpoint`; restore with `load_full_state`)."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=options)
+    # imported here: torch.distributed.checkpoint takes seconds to import and only FSDP runs need it
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any = None) -> int:
     """`load_checkpoint` for an FSDP-sharded model: every rank reads the full files and keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     directory = Path(directory)
     state = torch.load(directory / "train_state.pt", weights_only=True, map_location="cpu")
     set_state_dict(model, optimizer, model_state_dict=load_file(directory / "model.safetensors"),
                    optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
+    return _restore_schedule_and_rng(state, scheduler)
 
 
 def last_checkpoint(run_dir: str | Path) -> Path | None:
@@ -199,6 +197,11 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     state = torch.load(directory / "train_state.pt", weights_only=True, map_location="cpu")
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
+    return _restore_schedule_and_rng(state, scheduler)
+
+
+def _restore_schedule_and_rng(state: Mapping[str, Any], scheduler: Any) -> int:
+    """The part of resuming shared by plain and sharded models: scheduler, every RNG; returns the step."""
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
