@@ -225,25 +225,23 @@ class PI0(nn.Module):
         pad = torch.cat(pads, dim=1)
         return torch.cat(embs, dim=1), pad, torch.zeros_like(pad)
 
-    def embed_suffix(self, state: Tensor | None, x_t: Tensor, time: Tensor):
+    def embed_suffix(self, state: Tensor | None, x_t: Tensor, time: Tensor) -> tuple[Tensor, Tensor | None]:
         """π0: [state token, H action tokens]; π0.5: H action tokens plus the adaRMS condition."""
         b, h, _ = x_t.shape
         time_emb = sinusoidal_embedding(time, self.cfg.expert.width, self.cfg.min_period, self.cfg.max_period)
         actions = self.action_in_proj(x_t)
-        flags = [1] + [0] * (h - 1)  # the actions form one new block
         if self.pi05:
-            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
-            embs = actions
-        else:
-            cond = None
-            # action-time MLP: W3 · swish(W2 · [W1 a, φ(τ)]) (π0 App. B)
-            fused = torch.cat([actions, time_emb[:, None].expand(b, h, -1)], dim=-1)
-            tokens = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
-            embs = torch.cat([self.state_proj(state)[:, None], tokens], dim=1)
-            flags = [1] + flags  # the state token is a block of its own
-        start = torch.tensor(flags, device=x_t.device)[None].expand(b, -1)
-        pad = torch.ones(b, embs.shape[1], dtype=torch.bool, device=x_t.device)
-        return embs, pad, start, cond
+            return actions, F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+        # action-time MLP: W3 · swish(W2 · [W1 a, φ(τ)]) (π0 App. B)
+        fused = torch.cat([actions, time_emb[:, None].expand(b, h, -1)], dim=-1)
+        tokens = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
+        return torch.cat([self.state_proj(state)[:, None], tokens], dim=1), None
+
+    def suffix_layout(self, b: int, h: int, device) -> tuple[Tensor, Tensor]:
+        """Validity and block starts of the suffix: the actions form one new block, π0's state token another."""
+        flags = ([] if self.pi05 else [1]) + [1] + [0] * (h - 1)
+        start = torch.tensor(flags, device=device)[None].expand(b, -1)
+        return torch.ones(b, len(flags), dtype=torch.bool, device=device), start
 
     # ------------------------------------------------------------------------------------------------------- loss
     def forward(self, images, image_masks, tokens, token_masks, state, actions: Tensor, noise: Tensor,
@@ -261,7 +259,8 @@ class PI0(nn.Module):
     def velocity(self, images, image_masks, tokens, token_masks, state, x_t: Tensor, time: Tensor) -> Tensor:
         """v_θ(x_τ, o): one pass of both transformers over the joint sequence [prefix, suffix]."""
         prefix, prefix_pad, prefix_start = self.embed_prefix(images, image_masks, tokens, token_masks)
-        suffix, suffix_pad, suffix_start, cond = self.embed_suffix(state, x_t, time)
+        suffix, cond = self.embed_suffix(state, x_t, time)
+        suffix_pad, suffix_start = self.suffix_layout(*x_t.shape[:2], x_t.device)
         pad = torch.cat([prefix_pad, suffix_pad], dim=1)
         mask = additive(block_attention_mask(pad, torch.cat([prefix_start, suffix_start], dim=1)))
         positions = torch.cumsum(pad, dim=1) - 1  # padding does not advance the position
@@ -289,25 +288,22 @@ class PI0(nn.Module):
         for i, layer in enumerate(self.vlm_layers):
             (x,), kv = joint_layer([layer], [x], [None], prefix_rope, prefix_mask, needed=(i < depth - 1,))
             cache.append(kv)
-        # suffix queries see every real prefix token and, blockwise causally, the suffix itself
+        # suffix queries see every real prefix token and, blockwise causally, the suffix itself; the mask and
+        # positions are the same at every step
         b, h = noise.shape[:2]
-        mask = None
+        suffix_pad, suffix_start = self.suffix_layout(b, h, noise.device)
+        to_prefix = prefix_pad[:, None, :].expand(-1, suffix_pad.shape[1], -1)
+        mask = additive(torch.cat([to_prefix, block_attention_mask(suffix_pad, suffix_start)], dim=2))
+        positions = prefix_pad.sum(-1, keepdim=True) + torch.cumsum(suffix_pad, dim=1) - 1
+        rope = self.rope(prefix, positions)
         x_t, dt = noise, -1.0 / num_steps
         for step in range(num_steps):
             time = torch.full((b,), 1.0 + step * dt, device=noise.device)
-            suffix, suffix_pad, suffix_start, cond = self.embed_suffix(state, x_t, time)
-            if mask is None:  # the mask and positions are the same at every step
-                n = suffix.shape[1]
-                to_prefix = prefix_pad[:, None, :].expand(b, n, -1)
-                mask = additive(torch.cat([to_prefix, block_attention_mask(suffix_pad, suffix_start)], dim=2))
-                positions = prefix_pad.sum(-1, keepdim=True) + torch.cumsum(suffix_pad, dim=1) - 1
-                rope = self.rope(suffix, positions)
-            xs = suffix
+            xs, cond = self.embed_suffix(state, x_t, time)
             for layer, kv in zip(self.expert_layers, cache):
                 (xs,), _ = joint_layer([layer], [xs], [cond], rope, mask, past_kv=kv)
             out, _ = self.expert_norm(xs, cond)
-            v_t = self.action_out_proj(out[:, -h:])
-            x_t = x_t + dt * v_t
+            x_t = x_t + dt * self.action_out_proj(out[:, -h:])
         return x_t
 
     @torch.no_grad()

@@ -176,8 +176,7 @@ def test_parity_with_lerobot(variant):
     model = PI0(cfg).eval()
     load_official_state_dict(model, {k: v for k, v in tensors.items() if not k.startswith(("input.", "output."))})
     x = {k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")}
-    images, image_masks = list(x["images"]), [x["img_masks"][i] for i in range(len(x["images"]))] \
-        if x["img_masks"].dim() == 2 else [x["img_masks"]]
+    images, image_masks = list(x["images"]), list(x["img_masks"])  # stacked over cameras in the fixture
     state = x.get("state")
     loss = model(images, image_masks, x["lang_tokens"], x["lang_masks"], state, x["actions"], x["noise"], x["time"])
     assert torch.allclose(loss, tensors["output.loss"], atol=1e-5, rtol=0), (loss - tensors["output.loss"]).abs().max()
