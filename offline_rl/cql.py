@@ -56,7 +56,8 @@ class CQLConfig(RunConfig):
 
 
 PRESETS = {
-    "default": CQLConfig(),
+    # ~3 updates/s on one CPU core (30 critic evaluations per state): a short budget by default
+    "default": CQLConfig(updates=2_000, eval_every=1_000, checkpoint_every=1_000),
     "corl": CQLConfig(updates=1_000_000, checkpoint_every=50_000),  # CORL's D4RL budget
 }
 

@@ -43,7 +43,7 @@ class DTConfig(RunConfig):
 
 
 PRESETS = {
-    "default": DTConfig(updates=10_000, warmup_steps=1_000, eval_every=2_500),
+    "default": DTConfig(updates=5_000, warmup_steps=500, eval_every=2_500),
     "corl": DTConfig(updates=100_000, eval_every=10_000, checkpoint_every=10_000),  # CORL's D4RL budget
 }
 

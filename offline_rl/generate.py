@@ -234,10 +234,9 @@ def generate(cfg: TaskConfig) -> dict[str, Path]:
     expert_actor, medium_actor = (TanhGaussianPolicy(obs_dim, act_dim, cfg.hidden) for _ in range(2))
     expert = snapshots[-1]
     expert_actor.load_state_dict(expert["actor"])
-    # the medium snapshot: the first whose return reaches the target fraction of the expert's, else the closest
+    # the medium snapshot: the one whose return is closest to the target fraction of the expert's
     target = cfg.medium_fraction * expert["return_mean"]
-    medium = next((s for s in snapshots if s["return_mean"] >= target),
-                  min(snapshots, key=lambda s: abs(s["return_mean"] - target)))
+    medium = min(snapshots, key=lambda s: abs(s["return_mean"] - target))
     medium_actor.load_state_dict(medium["actor"])
     seed = cfg.seed + 2_000_000
     ref_min = float(evaluate(cfg.env_id, random_policy(cfg.env_id, seed), cfg.reference_episodes, seed).mean())

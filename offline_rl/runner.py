@@ -40,7 +40,7 @@ DATASETS = HERE / "datasets"  # where generate.py writes <task>-<kind>.hdf5
 class RunConfig:
     dataset: str = "inverted_double_pendulum-medium"  # a generated dataset (datasets/<name>.hdf5) or a path to a D4RL hdf5 file / Minari dataset
     env_id: str = ""  # gymnasium id to evaluate in ("" = the one stored with the dataset)
-    updates: int = 20_000  # gradient steps
+    updates: int = 10_000  # gradient steps (the default presets: minutes on one CPU core)
     batch_size: int = 256  # transitions (or sequences, for DT) per step
     normalize_state: bool = True  # standardise observations with the dataset's mean / std (TD3+BC Sec. 5; CORL)
     eval_every: int = 5_000  # steps between closed-loop evaluations (and at the end)

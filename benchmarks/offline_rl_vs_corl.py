@@ -1,0 +1,153 @@
+"""Updates per second of our IQL and CQL against CORL's single-file IQL and CQL, on the same data, in one process.
+
+    python benchmarks/offline_rl_vs_corl.py --corl /path/to/CORL        # a checkout of github.com/corl-team/CORL
+    python benchmarks/offline_rl_vs_corl.py --corl ... --quick          # fewer timed blocks
+
+CORL's files import d4rl, gym, pyrallis and wandb at the top; those are replaced by empty stand-ins (only CORL's
+`train()` entry point uses them, and it is not called). Its trainers are built exactly as its `train()` builds them
+for the D4RL locomotion configs (IQL: Gaussian actor, 2×256 networks; CQL: 3×256 orthogonally initialised critics,
+10 sampled actions per source, α_cql = 10, no BC warm-up) and fed CORL's batch format; ours are built from their
+`default` presets with the same sizes. Both train on the generated default dataset (or random tensors if it is
+absent). The two sides alternate in blocks of `block` updates; a ratio is taken for each adjacent pair of blocks
+and the median reported, so the drifting speed of this shared machine moves both sides of every ratio alike.
+Nothing from CORL is copied into this repository: the checkout is read at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import os
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from offline_rl import cql, iql  # noqa: E402
+from offline_rl.data import OfflineDataset, load_dataset  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_DATA = Path(__file__).parents[1] / "offline_rl/datasets/inverted_double_pendulum-medium.hdf5"
+
+
+def load_corl(corl: Path, name: str):
+    """Import CORL's algorithms/offline/<name>.py under the name corl_<name>, with stand-ins for its imports."""
+    gym = types.ModuleType("gym")
+    gym.Env, gym.wrappers = type("Env", (), {}), types.SimpleNamespace()
+    pyrallis = types.ModuleType("pyrallis")
+    pyrallis.wrap, pyrallis.dump = (lambda *a, **k: (lambda f: f)), (lambda *a, **k: None)
+    wandb = types.ModuleType("wandb")
+    wandb.init = wandb.log = lambda *a, **k: None
+    for mod_name, mod in (("gym", gym), ("d4rl", types.ModuleType("d4rl")), ("pyrallis", pyrallis),
+                          ("wandb", wandb)):
+        sys.modules.setdefault(mod_name, mod)
+    path = corl / "algorithms" / "offline" / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --corl must point at a checkout of github.com/corl-team/CORL")
+    spec = importlib.util.spec_from_file_location(f"corl_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def corl_iql(m, obs_dim: int, act_dim: int, max_steps: int):
+    q, v = m.TwinQ(obs_dim, act_dim), m.ValueFunction(obs_dim)
+    actor = m.GaussianPolicy(obs_dim, act_dim, 1.0, dropout=None)
+    return m.ImplicitQLearning(
+        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
+        q_network=q, q_optimizer=torch.optim.Adam(q.parameters(), lr=3e-4),
+        v_network=v, v_optimizer=torch.optim.Adam(v.parameters(), lr=3e-4),
+        iql_tau=0.7, beta=3.0, max_steps=max_steps, discount=0.99, tau=0.005, device="cpu")
+
+
+def corl_cql(m, obs_dim: int, act_dim: int):
+    c1 = m.FullyConnectedQFunction(obs_dim, act_dim, True, 3)
+    c2 = m.FullyConnectedQFunction(obs_dim, act_dim, True)  # as CORL's train() builds its second critic
+    actor = m.TanhGaussianPolicy(obs_dim, act_dim, 1.0, log_std_multiplier=1.0, orthogonal_init=True)
+    return m.ContinuousCQL(
+        critic_1=c1, critic_1_optimizer=torch.optim.Adam(list(c1.parameters()), 3e-4),
+        critic_2=c2, critic_2_optimizer=torch.optim.Adam(list(c2.parameters()), 3e-4),
+        actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-5),
+        target_entropy=-float(act_dim), discount=0.99, alpha_multiplier=1.0, use_automatic_entropy_tuning=True,
+        backup_entropy=False, policy_lr=3e-5, qf_lr=3e-4, soft_target_update_rate=5e-3, bc_steps=0,
+        target_update_period=1, cql_n_actions=10, cql_importance_sample=True, cql_lagrange=False,
+        cql_target_action_gap=-1.0, cql_temp=1.0, cql_alpha=10.0, cql_max_target_backup=False,
+        cql_clip_diff_min=-np.inf, cql_clip_diff_max=np.inf, device="cpu")
+
+
+def dataset() -> OfflineDataset:
+    if DEFAULT_DATA.exists():
+        return load_dataset(DEFAULT_DATA)
+    rng = np.random.default_rng(0)  # random tensors of a locomotion-like shape (obs 11, act 3)
+    n = 10_000
+    obs = rng.standard_normal((n, 11)).astype(np.float32)
+    return OfflineDataset(observations=obs, actions=rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+                          rewards=rng.standard_normal(n).astype(np.float32), next_observations=obs,
+                          terminals=np.zeros(n, bool), timeouts=np.zeros(n, bool), env_id=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corl", type=Path, required=True, help="a checkout of github.com/corl-team/CORL")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="5 pairs of blocks instead of 15")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    ds = dataset()
+    obs_dim, act_dim = ds.observations.shape[1], ds.actions.shape[1]
+    pairs = 5 if args.quick else 15
+    rows = []
+    for name, block in (("IQL", 20), ("CQL", 3)):
+        if name == "IQL":
+            ours = iql.IQL(iql.PRESETS["default"], ds)
+            theirs = corl_iql(load_corl(args.corl, "iql"), obs_dim, act_dim, 1_000_000)
+        else:
+            ours = cql.CQL(cql.PRESETS["default"], ds)
+            theirs = corl_cql(load_corl(args.corl, "cql"), obs_dim, act_dim)
+        buffer = ours.buffer
+
+        def corl_update():
+            o, a, r, o2, d = buffer.sample(256)  # CORL's batch: a list, rewards and dones as (B, 1)
+            theirs.train([o, a, r[:, None], o2, d[:, None]])
+
+        def timed(fn) -> float:
+            start = time.perf_counter()
+            for _ in range(block):
+                fn()
+            return block / (time.perf_counter() - start)
+
+        timed(ours.update), timed(corl_update)  # warm-up
+        a, b = [], []
+        for _ in range(pairs):
+            a.append(timed(ours.update))
+            b.append(timed(corl_update))
+        ratios = sorted(x / y for x, y in zip(a, b))
+        rows.append((name, statistics.median(a), statistics.median(b), statistics.median(ratios), ratios[0],
+                     ratios[-1]))
+    header = (f"updates per second, batch 256, CPU, {args.threads} thread(s), torch {torch.__version__}; "
+              f"{pairs} alternating pairs of blocks, the ratio taken within each pair")
+    lines = [header, "", "| algorithm | ours (updates/s) | CORL (updates/s) | ours / CORL, median | range |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {n} | {x:.1f} | {y:.1f} | **{r:.2f}x** | {lo:.2f}-{hi:.2f} |" for n, x, y, r, lo, hi in rows]
+    table = "\n".join(lines)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "offline_rl_vs_corl.md").write_text(table + "\n")
+    with open(RESULTS / "offline_rl_vs_corl.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algorithm", "ours_updates_per_s", "corl_updates_per_s", "ratio_median", "ratio_min",
+                         "ratio_max"])
+        writer.writerows([(n, f"{x:.2f}", f"{y:.2f}", f"{r:.3f}", f"{lo:.3f}", f"{hi:.3f}")
+                          for n, x, y, r, lo, hi in rows])
+
+
+if __name__ == "__main__":
+    main()
