@@ -46,7 +46,7 @@ class IQLConfig(RunConfig):
 
 
 PRESETS = {
-    "default": IQLConfig(),
+    "default": IQLConfig(normalize_reward=True),  # the paper's locomotion setting (IQL App. B)
     "corl": IQLConfig(updates=1_000_000, eval_every=5_000, checkpoint_every=50_000),  # CORL's D4RL budget
 }
 

@@ -40,17 +40,21 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(a, d, s, args.extra) for a in args.algorithms for d in args.datasets for s in args.seeds]
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(one, jobs))
+        new = list(pool.map(one, jobs))
     out = HERE / "results"
     out.mkdir(exist_ok=True)
+    # merged with earlier rows (a re-run replaces the same algorithm, dataset and seed)
+    old = json.loads((out / "table.json").read_text()) if (out / "table.json").exists() else []
+    done = {(r["algorithm"], r["dataset"], r["seed"]) for r in new}
+    rows = [r for r in old if (r["algorithm"], r["dataset"], r["seed"]) not in done] + new
     (out / "table.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| algorithm | updates | " + " | ".join(args.datasets) + " |",
-             "|---|---|" + "---|" * len(args.datasets)]
-    for a in args.algorithms:
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines = ["| algorithm | updates | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+    for a in [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]:
         cells = []
-        for d in args.datasets:
+        for d in datasets:
             scores = np.array([r["score"] for r in rows if r["algorithm"] == a and r["dataset"] == d])
-            cells.append(f"{scores.mean():.1f} ± {scores.std():.1f}")
+            cells.append(f"{scores.mean():.1f} ± {scores.std():.1f} ({len(scores)} seeds)" if len(scores) else "—")
         updates = next(r["updates"] for r in rows if r["algorithm"] == a)
         lines.append(f"| {a} | {updates:,} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
