@@ -9,7 +9,7 @@ with the top `top_fraction` of returns (CORL `any_percent_bc`). top_fraction = 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,11 +39,8 @@ def top_episodes(ds: OfflineDataset, fraction: float) -> OfflineDataset:
     if not 0 < fraction <= 1:
         raise ValueError(f"top_fraction must be in (0, 1], got {fraction}")
     slices = ds.episode_slices()
-    returns = np.array([ds.rewards[s].sum() for s in slices])
-    keep = np.argsort(-returns, kind="stable")[:max(1, int(fraction * len(slices)))]
-    idx = np.concatenate([np.arange(len(ds))[slices[i]] for i in sorted(keep)])
-    fields = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
-    return replace(ds, **{k: getattr(ds, k)[idx] for k in fields})
+    keep = np.argsort(-ds.episode_returns(), kind="stable")[:max(1, int(fraction * len(slices)))]
+    return ds.rows(np.concatenate([np.arange(len(ds))[slices[i]] for i in sorted(keep)]))
 
 
 class BC(nn.Module):
@@ -59,7 +56,7 @@ class BC(nn.Module):
         obs, actions, *_ = self.buffer.sample(self.cfg.batch_size)
         loss = (self.actor(obs) - actions).pow(2).mean()
         sgd_step(self.optimizers["actor"], loss)
-        return dict(loss=loss.item())
+        return dict(loss=loss.detach())
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:

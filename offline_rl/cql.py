@@ -133,8 +133,8 @@ class CQL(nn.Module):
         sgd_step(self.optimizers["q"], loss_q)
         soft_update(self.q_target, self.q, cfg.tau)
         self.steps += 1
-        return dict(loss_q=loss_td.item(), gap=gap.mean().item(), loss_pi=loss_pi.item(), alpha=alpha.item(),
-                    q=q_data.mean().item())
+        return dict(loss_q=loss_td.detach(), gap=gap.detach().mean(), loss_pi=loss_pi.detach(), alpha=alpha,
+                    q=q_data.detach().mean())
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:

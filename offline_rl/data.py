@@ -34,6 +34,10 @@ D4RL_REFERENCE = {"hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 1
                   "walker2d": (1.629008, 4592.3)}
 
 
+# the per-transition arrays of an OfflineDataset, one row each
+ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
 @dataclass
 class OfflineDataset:
     observations: np.ndarray  # (N, obs_dim) float32
@@ -48,6 +52,10 @@ class OfflineDataset:
 
     def __len__(self) -> int:
         return len(self.rewards)
+
+    def rows(self, idx: np.ndarray) -> OfflineDataset:
+        """The transitions at `idx` (the environment and reference returns kept)."""
+        return replace(self, **{k: getattr(self, k)[idx] for k in ARRAYS})
 
     def episode_slices(self) -> list[slice]:
         """Contiguous episodes: each ends at a terminal or a timeout (and the last row always ends one)."""
@@ -126,8 +134,7 @@ def load_minari(path: str | os.PathLike, observation_keys: tuple[str, ...] | Non
     import h5py
 
     path = Path(path)
-    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "next_observations", "actions", "rewards",
-                                                         "terminals", "timeouts")}
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
     with h5py.File(path, "r") as f:
         names = sorted((k for k in f.keys() if k.startswith("episode_")), key=lambda k: int(k.split("_")[1]))
         for name in names:
@@ -169,7 +176,7 @@ def write_d4rl(path: str | os.PathLike, ds: OfflineDataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with h5py.File(tmp, "w") as f:
-        for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+        for k in ARRAYS:
             f.create_dataset(k, data=getattr(ds, k), compression="gzip")
         for k in ("env_id", "ref_min_score", "ref_max_score"):
             if getattr(ds, k) is not None:

@@ -137,7 +137,7 @@ class DT(nn.Module):
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         opt.step()
         self.schedulers["model"].step()
-        return dict(loss=loss.item(), lr=self.schedulers["model"].get_last_lr()[0])
+        return dict(loss=loss.detach(), lr=self.schedulers["model"].get_last_lr()[0])
 
     @torch.no_grad()
     def evaluate(self, env_id: str, episodes: int, seed: int, obs_mean, obs_std, max_action: float) -> np.ndarray:

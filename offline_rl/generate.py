@@ -27,7 +27,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from common.config import parse_config, to_dict
 from common.train import rng_state, seed_everything, set_rng_state
-from offline_rl.data import OfflineDataset, evaluate, write_d4rl
+from offline_rl.data import ARRAYS, OfflineDataset, evaluate, write_d4rl
 from offline_rl.networks import TanhGaussianPolicy, TwinQ, soft_update
 from offline_rl.runner import DATASETS, sgd_step
 
@@ -112,27 +112,24 @@ class SAC(torch.nn.Module):
         soft_update(self.q_target, self.q, cfg.tau)
 
 
-def rollout(env_id: str, policy, steps: int, seed: int, desc: str) -> tuple[OfflineDataset, np.ndarray]:
-    """`steps` transitions of `policy(obs) -> action`, episodes seeded seed, seed + 1, …; returns the dataset and
-    the returns of its complete episodes."""
+def rollout(env_id: str, policy, steps: int, seed: int, desc: str) -> OfflineDataset:
+    """`steps` transitions of `policy(obs) -> action`, episodes seeded seed, seed + 1, …"""
     env = gym.make(env_id)
-    rows = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
-    returns, total, episode = [], 0.0, 0
+    rows = {k: [] for k in ARRAYS}  # filled in ARRAYS order: s, a, r, s', terminal, timeout
+    episode = 0
     obs, _ = env.reset(seed=seed)
     for t in tqdm(range(steps), desc=desc, leave=False, mininterval=2):
         action = policy(obs)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         for k, v in zip(rows, (obs, action, reward, next_obs, terminated, truncated or t == steps - 1)):
             rows[k].append(v)
-        total += float(reward)
         obs = next_obs
         if terminated or truncated:
-            returns.append(total)
-            total, episode = 0.0, episode + 1
+            episode += 1
             obs, _ = env.reset(seed=seed + episode)
     env.close()
     return OfflineDataset(**{k: np.asarray(v, dtype=bool if k in ("terminals", "timeouts") else np.float32)
-                             for k, v in rows.items()}, env_id=env_id), np.asarray(returns)
+                             for k, v in rows.items()}, env_id=env_id)
 
 
 def policy_fn(actor: TanhGaussianPolicy, max_action: float, deterministic: bool):
@@ -250,10 +247,10 @@ def generate(cfg: TaskConfig) -> dict[str, Path]:
             return made[kind]
         seed = cfg.seed + 3_000_000 + 100_000 * KINDS.index(kind)
         if kind == "random":
-            ds, _ = rollout(cfg.env_id, random_policy(cfg.env_id, seed), cfg.dataset_steps, seed, kind)
+            ds = rollout(cfg.env_id, random_policy(cfg.env_id, seed), cfg.dataset_steps, seed, kind)
         elif kind in ("medium", "expert"):
             actor = medium_actor if kind == "medium" else expert_actor
-            ds, _ = rollout(cfg.env_id, policy_fn(actor, max_action, False), cfg.dataset_steps, seed, kind)
+            ds = rollout(cfg.env_id, policy_fn(actor, max_action, False), cfg.dataset_steps, seed, kind)
         elif kind == "medium-replay":  # everything SAC saw until the medium snapshot
             n = medium["step"]
             b = sac["buffer"]
@@ -264,10 +261,8 @@ def generate(cfg: TaskConfig) -> dict[str, Path]:
                                 terminals=b["terminals"][:n, 0].astype(bool), timeouts=b_timeouts)
         else:  # medium-expert
             m, e = make("medium"), make("expert")
-            ds = OfflineDataset(**{k: np.concatenate([getattr(m, k), getattr(e, k)]) for k in
-                                   ("observations", "actions", "rewards", "next_observations", "terminals",
-                                    "timeouts")})
-        made[kind] = OfflineDataset(**{**ds.__dict__, **info})
+            ds = OfflineDataset(**{k: np.concatenate([getattr(m, k), getattr(e, k)]) for k in ARRAYS})
+        made[kind] = replace(ds, **info)
         return made[kind]
 
     for kind, path in paths.items():

@@ -106,7 +106,7 @@ class IQL(nn.Module):
         loss_pi = awr_policy_loss(self.actor.log_prob(obs, actions), advantage, cfg.beta, cfg.max_weight)
         sgd_step(self.optimizers["actor"], loss_pi)
         self.schedulers["actor"].step()
-        return dict(loss_v=loss_v.item(), loss_q=loss_q.item(), loss_pi=loss_pi.item(), v=v.mean().item())
+        return dict(loss_v=loss_v.detach(), loss_q=loss_q.detach(), loss_pi=loss_pi.detach(), v=v.detach().mean())
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:

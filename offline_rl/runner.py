@@ -3,7 +3,8 @@
 An algorithm file (`iql.py`, `cql.py`, ...) defines a config (a `RunConfig` plus its own fields) and an agent: an
 `nn.Module` holding its networks, with
 
-    agent.update() -> dict of metrics     one gradient step on a batch it samples itself
+    agent.update() -> dict of metrics     one gradient step on a batch it samples itself (metrics may be tensors:
+                                          they are read only when logged, every 100 steps)
     agent.act(obs) -> action              a deterministic action in [−1, 1] for one normalised observation
     agent.optimizers / agent.schedulers   dicts, saved in checkpoints
 

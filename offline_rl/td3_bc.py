@@ -74,7 +74,7 @@ class TD3BC(nn.Module):
         self.optimizers = dict(actor=torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True),
                                q=torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr, fused=True))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # for the actor's delay, resumed with it
-        self.last_actor_loss = float("nan")
+        self.last_actor_loss = torch.tensor(float("nan"))
 
     def update(self) -> dict[str, float]:
         cfg = self.cfg
@@ -92,7 +92,7 @@ class TD3BC(nn.Module):
             sgd_step(self.optimizers["actor"], loss_pi)
             soft_update(self.q_target, self.q, cfg.tau)
             soft_update(self.actor_target, self.actor, cfg.tau)
-            self.last_actor_loss = loss_pi.item()
+            self.last_actor_loss = loss_pi.detach()
         return dict(loss_q=loss_q.item(), loss_pi=self.last_actor_loss)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -14,7 +15,7 @@ from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
 from offline_rl import bc, cql, dt, generate, iql, runner, td3_bc
-from offline_rl.data import (OfflineDataset, load_dataset, observation_stats, scale_rewards_by_return_range,
+from offline_rl.data import (ARRAYS, OfflineDataset, load_dataset, observation_stats, scale_rewards_by_return_range,
                              write_d4rl)
 from offline_rl.networks import TanhGaussianPolicy, TwinQ
 
@@ -180,7 +181,7 @@ def test_write_d4rl_round_trip_and_normalisation(tmp_path):
                         env_id="InvertedPendulum-v5", ref_min_score=1.0, ref_max_score=3.0)
     write_d4rl(tmp_path / "x.hdf5", ds)
     back = load_dataset(tmp_path / "x.hdf5")
-    for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+    for k in ARRAYS:
         assert np.array_equal(getattr(back, k), getattr(ds, k)), k
     assert (back.env_id, back.ref_min_score, back.ref_max_score) == ("InvertedPendulum-v5", 1.0, 3.0)
     mean, std = observation_stats(ds)
@@ -198,8 +199,8 @@ def _pendulum_dataset(path, steps=4000, noise=0.5, seed=0):
     gain = np.array([0.5, 5.0, 0.5, 0.5])
     rng = np.random.default_rng(seed)
     policy = lambda obs: np.clip(gain @ obs + noise * rng.standard_normal(), -3, 3)[None].astype(np.float32)  # noqa: E731
-    ds, returns = generate.rollout("InvertedPendulum-v5", policy, steps, seed, "behaviour")
-    write_d4rl(path, OfflineDataset(**{**ds.__dict__, "ref_min_score": 0.0, "ref_max_score": 1000.0}))
+    ds = generate.rollout("InvertedPendulum-v5", policy, steps, seed, "behaviour")
+    write_d4rl(path, replace(ds, ref_min_score=0.0, ref_max_score=1000.0))
     return float(ds.episode_returns().mean())
 
 
