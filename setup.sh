@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on a fresh machine: Debian packages for headless MuJoCo rendering, a virtualenv in .venv with the
 # pinned requirements, and this repo installed in editable mode. Safe to re-run.
-#   bash setup.sh          # torch stack + simulators + test tools
-#   bash setup.sh --jax    # also the JAX stack (dreamer/)
+#   bash setup.sh          # torch stack + JAX stack (dreamer/) + simulators + test tools
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,6 +20,6 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements/dev.txt
-if [ "${1:-}" = "--jax" ]; then .venv/bin/pip install -q -r requirements/jax.txt; fi
+.venv/bin/pip install -q -r requirements/jax.txt
 .venv/bin/pip install -q --no-deps -e .
 echo "setup done: activate with  source .venv/bin/activate"
