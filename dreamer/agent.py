@@ -98,7 +98,7 @@ def init_state(nets: Networks, key: jax.Array, observation_shape: tuple[int, ...
     feat = jnp.zeros((1, cfg.deter + cfg.stoch * cfg.classes))
     actor, critic = nets.actor.init(k_actor, feat)["params"], nets.critic.init(k_critic, feat)["params"]
     opts = make_optimizers(cfg)
-    return TrainState(wm=wm_vars["params"], actor=actor, critic=critic, slow_critic=critic,
+    return TrainState(wm=wm_vars["params"], actor=actor, critic=critic, slow_critic=jax.tree.map(jnp.copy, critic),
                       wm_opt=opts["wm"].init(wm_vars["params"]), actor_opt=opts["actor"].init(actor),
                       critic_opt=opts["critic"].init(critic), return_norm=ReturnNorm(jnp.zeros(()), jnp.zeros(())),
                       updates=jnp.zeros((), jnp.int32))

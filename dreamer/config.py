@@ -15,7 +15,7 @@ class DreamerConfig:
     image_size: int = 64  # square pixel observations
     action_repeat: int = 2  # environment steps per agent step (rewards summed), DreamerV3's DMC setting
     fast_render: bool = False  # shadows, reflections and multisampling off: ~6x faster, different pixels
-    time_limit: int = 1000  # environment steps per episode (dm-control's 1000)
+    time_limit: int = 1000  # environment steps per episode at most (dm-control's suite: 1000)
     # --- world model (Sec. 2; sizes: the presets below)
     deter: int = 4096  # GRU recurrent state h
     units: int = 1024  # hidden units of every MLP (RSSM, heads, actor, critic)

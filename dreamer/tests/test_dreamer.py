@@ -1,5 +1,10 @@
 import dataclasses
 import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -149,3 +154,65 @@ def test_train_step_lowers_the_world_model_loss(discrete):
         assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
     assert losses[-1] < 0.7 * losses[0], losses[::5]
     assert int(state.updates) == 30
+
+
+# ---------------------------------------------------------------------------------------- the training loop
+def loop_config(tmp_path, **overrides):
+    """cartpole-balance at 16 px, 10-step episodes, 8 random steps, one update per agent step."""
+    return dataclasses.replace(SMALL, task="dmc/cartpole-balance", fast_render=True, time_limit=20, prefill=8,
+                               steps=40, train_ratio=12, batch_length=6, save_every=20, eval_episodes=1,
+                               run_dir=str(tmp_path / "run"), **overrides)
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    """Killed right after its first checkpoint and resumed, a run ends with the same episode returns, losses and
+    bit-identical parameters as an uninterrupted one (checkpoints hold the replay and sit at episode ends)."""
+    from dreamer import train as dreamer_train
+    straight = loop_config(tmp_path / "a")
+    results = dreamer_train.train(straight)
+    assert set(results) == {"dreamer", "random"} and (Path(straight.run_dir) / "returns.png").exists()
+    interrupted = loop_config(tmp_path / "b")
+    save = dreamer_train.save
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dreamer_train, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dreamer_train.train(interrupted)
+    monkeypatch.undo()
+    first = dreamer_train.last_checkpoint(Path(interrupted.run_dir))
+    assert 0 < int(first.name) < straight.steps
+    dreamer_train.train(dataclasses.replace(interrupted, resume=True))
+    a, b = (dreamer_train.last_checkpoint(Path(c.run_dir)) for c in (straight, interrupted))
+    meta_a, meta_b = (json.loads((c / "meta.json").read_text()) for c in (a, b))
+    assert meta_a == meta_b and meta_a["updates"] > 10
+    assert (a / "state.msgpack").read_bytes() == (b / "state.msgpack").read_bytes()
+
+
+def test_data_parallel_update_matches_one_device():
+    """The update with the batch sharded over 2 (host) devices equals the single-device update."""
+    script = f"""
+import dataclasses, functools, jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from dreamer.agent import init_state, make_networks, train_step
+from dreamer.tests.test_dreamer import SMALL, random_batch
+assert len(jax.devices()) == 2
+nets = make_networks(SMALL, 2, False)
+state = init_state(nets, jax.random.PRNGKey(0), (16, 16, 3))
+batch = random_batch(SMALL)
+step = jax.jit(functools.partial(train_step, nets))
+one, m1 = step(state, batch, jax.random.PRNGKey(1))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+sharded = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+two, m2 = step(jax.device_put(state, NamedSharding(mesh, PartitionSpec())), sharded, jax.random.PRNGKey(1))
+assert len(sharded["image"].sharding.device_set) == 2
+np.testing.assert_allclose(float(m1["wm_loss"]), float(m2["wm_loss"]), rtol=1e-5)
+for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+print("ok")
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
