@@ -34,8 +34,11 @@ STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 _MAX_QUANTILE_FRAMES = 200_000
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write `obj` as JSON through a temporary file and a rename, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
@@ -90,9 +93,9 @@ class EpisodeWriter:
             f.close()
         meta = dict(format=FORMAT_NAME, version=FORMAT_VERSION, fps=self.fps, num_frames=self.num_frames,
                     features=self.features, tasks=self.tasks, episodes=self.episodes, info=self.info)
-        _write_json_atomic(self.tmp / "meta.json", meta)
+        write_json_atomic(self.tmp / "meta.json", meta)
         dataset = EpisodeDataset(self.tmp)
-        _write_json_atomic(self.tmp / "stats.json", compute_stats(dataset))
+        write_json_atomic(self.tmp / "stats.json", compute_stats(dataset))
         os.replace(self.tmp, self.root)
         return self.root
 

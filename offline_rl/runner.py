@@ -17,7 +17,6 @@ the checkpoints save, so a resumed run continues with the same batches.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from common.config import to_dict
+from common.data import write_json_atomic
 from common.train import Logger, last_checkpoint, load_checkpoint, save_checkpoint, seed_everything
 
 from offline_rl.data import OfflineDataset, evaluate, load_dataset, normalize_observations, observation_stats
@@ -148,13 +148,13 @@ def run(cfg: RunConfig, algorithm: str, build: Callable[[OfflineDataset], nn.Mod
         if step % cfg.eval_every == 0 or step == cfg.updates:
             history.append(evaluate_now())
             logger.log(step, {k: v for k, v in history[-1].items() if k != "step"})
-            _write_json(results_path, dict(meta, history=history, final=history[-1]))
+            write_json_atomic(results_path, dict(meta, history=history, final=history[-1]))
         if step % cfg.checkpoint_every == 0 or step == cfg.updates:
             save_checkpoint(run_dir, step, agent, meta, optimizers, schedulers)
     logger.close()
     results = dict(meta, history=history, final=history[-1] if history else None,
                    seconds=time.perf_counter() - start)
-    _write_json(results_path, results)
+    write_json_atomic(results_path, results)
     final = results["final"]
     if final is not None:
         score = f", normalised score {final['score_mean']:.1f}" if "score_mean" in final else ""
@@ -166,8 +166,3 @@ def _list(x: np.ndarray | None) -> list | None:
     return None if x is None else [float(v) for v in x]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
