@@ -312,7 +312,8 @@ class OpenVLA(nn.Module):
             position = position + 1
             valid = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], dim=1)
             mask = torch.where(valid[:, None, None], 0.0, MASK_VALUE)  # the new token sees every real token
-            x, rope = self.embed_tokens(tokens[-1]), self.rope(x, position)
+            x = self.embed_tokens(tokens[-1])
+            rope = self.rope(x, position)
             for i, layer in enumerate(self.layers):
                 x, cache[i] = layer(x, rope, mask, past_kv=cache[i])
             tokens.append(self.lm_head(self.norm(x)).argmax(-1))
