@@ -12,3 +12,12 @@ import torch  # noqa: E402
 def _one_thread():
     """A busy neighbour on a 2-core machine makes multi-threaded CPU ops ~10x slower: tests use one thread."""
     torch.set_num_threads(1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Close the cached Meta-World renderers while EGL is still up: dm-control (dreamer's tests) terminates the
+    shared EGL display in its own exit hook, which runs before Meta-World's, and the late close then fails noisily."""
+    import sys
+    metaworld = sys.modules.get("common.envs.metaworld")
+    if metaworld is not None:
+        metaworld._close_envs()
