@@ -93,7 +93,7 @@ def init_state(nets: Networks, key: jax.Array, observation_shape: tuple[int, ...
     cfg = nets.cfg
     k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
     image = jnp.zeros((1, *observation_shape), jnp.uint8)
-    wm_vars = nets.wm.init(k_wm, image, _dummy_state(cfg, 1), jnp.zeros((1, nets.action_dim)),
+    wm_vars = nets.wm.init(k_wm, image, zero_state(cfg, 1), jnp.zeros((1, nets.action_dim)),
                            jnp.ones((1,), bool), k_sample)
     feat = jnp.zeros((1, cfg.deter + cfg.stoch * cfg.classes))
     actor, critic = nets.actor.init(k_actor, feat)["params"], nets.critic.init(k_critic, feat)["params"]
@@ -104,7 +104,8 @@ def init_state(nets: Networks, key: jax.Array, observation_shape: tuple[int, ...
                       updates=jnp.zeros((), jnp.int32))
 
 
-def _dummy_state(cfg: DreamerConfig, batch: int) -> dict:
+def zero_state(cfg: DreamerConfig, batch: int) -> dict:
+    """An all-zero RSSM state; where `is_first` is set, `obs_step` replaces it by the learned initial state."""
     return dict(deter=jnp.zeros((batch, cfg.deter)), stoch=jnp.zeros((batch, cfg.stoch, cfg.classes)),
                 logits=jnp.zeros((batch, cfg.stoch, cfg.classes)))
 
@@ -125,7 +126,7 @@ def observe(nets: Networks, params, data: dict, key: jax.Array) -> tuple[dict, d
         return post, (post, prior)
 
     inputs = (time_major(prev_action), time_major(embed), time_major(is_first), jax.random.split(key, t))
-    _, (post, prior) = jax.lax.scan(step, _dummy_state(nets.cfg, b), inputs)
+    _, (post, prior) = jax.lax.scan(step, zero_state(nets.cfg, b), inputs)
     return jax.tree.map(time_major, post), jax.tree.map(time_major, prior)
 
 

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 from common.config import parse_config, to_dict  # noqa: E402
 from common.train import Logger, read_metrics  # noqa: E402
 
-from dreamer.agent import Networks, init_state, make_networks, train_step  # noqa: E402
+from dreamer.agent import Networks, init_state, make_networks, train_step, zero_state  # noqa: E402
 from dreamer.config import PRESETS, DreamerConfig  # noqa: E402
 from dreamer.envs import make_env  # noqa: E402
 from dreamer.networks import WorldModel, features  # noqa: E402
@@ -56,9 +56,7 @@ def policy_step(nets: Networks, wm_params, actor_params, carry, obs: dict, key: 
 
 def initial_carry(cfg: DreamerConfig, action_dim: int):
     """A zero state and action; `is_first` on the first observation replaces them with the learned initial state."""
-    zeros = lambda *shape: jnp.zeros((1, *shape))  # noqa: E731
-    return dict(deter=zeros(cfg.deter), stoch=zeros(cfg.stoch, cfg.classes),
-                logits=zeros(cfg.stoch, cfg.classes)), zeros(action_dim)
+    return zero_state(cfg, 1), jnp.zeros((1, action_dim))
 
 
 def random_action(rng: np.random.Generator, action_dim: int, discrete: bool) -> np.ndarray:
