@@ -189,7 +189,7 @@ class Ours:
 
     def __init__(self, cfg: DreamerConfig):
         nets = make_networks(cfg, ACTION_DIM, discrete=False)
-        self.state = init_state(nets, jax.random.PRNGKey(0), (cfg.image_size, cfg.image_size, 3))
+        self.state = init_state(nets, jax.random.PRNGKey(0))
         self.params = sum(x.size for x in jax.tree.leaves((self.state.wm, self.state.actor, self.state.critic)))
         self.update = jax.jit(functools.partial(train_step, nets), donate_argnums=0)
         self.data = jax.device_put(random_batch(cfg))

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from dreamer.config import DreamerConfig
-from dreamer.networks import (Actor, Critic, WorldModel, categorical_kl, features, twohot_bins, twohot_loss,
-                              twohot_mean)
+from dreamer.networks import (Actor, Critic, WorldModel, categorical_kl, features, symlog, twohot_bins,
+                              twohot_loss, twohot_mean)
 
 sg = jax.lax.stop_gradient
 
@@ -35,6 +35,11 @@ class Networks:
     cfg: DreamerConfig
     action_dim: int
     discrete: bool
+    vector_dim: int = 0  # > 0: state-vector observations (batch key "vector") instead of images ("image")
+
+    @property
+    def obs_key(self) -> str:
+        return "vector" if self.vector_dim else "image"
 
     @property
     def bins(self) -> jax.Array:
@@ -45,11 +50,14 @@ class Networks:
         return 1.0 - 1.0 / self.cfg.horizon  # γ = 0.997
 
 
-def make_networks(cfg: DreamerConfig, action_dim: int, discrete: bool) -> Networks:
+def make_networks(cfg: DreamerConfig, action_dim: int, discrete: bool, vector_dim: int = 0) -> Networks:
+    """`vector_dim` > 0 when `cfg.obs == "vector"`: the size of the environment's state vector."""
+    if (cfg.obs == "vector") != (vector_dim > 0):
+        raise ValueError(f"obs={cfg.obs!r} needs vector_dim > 0 exactly for vector observations, got {vector_dim}")
     wm = WorldModel(cfg.deter, cfg.units, cfg.layers, cfg.cnn_depth, cfg.stoch, cfg.classes, cfg.unimix, cfg.bins,
-                    cfg.image_size)
+                    cfg.image_size, vector_dim)
     actor = Actor(cfg.layers, cfg.units, action_dim, discrete, cfg.unimix, cfg.min_std, cfg.max_std)
-    return Networks(wm, actor, Critic(cfg.layers, cfg.units, cfg.bins), cfg, action_dim, discrete)
+    return Networks(wm, actor, Critic(cfg.layers, cfg.units, cfg.bins), cfg, action_dim, discrete, vector_dim)
 
 
 def make_optimizers(cfg: DreamerConfig) -> dict[str, optax.GradientTransformation]:
@@ -89,11 +97,15 @@ class TrainState:
     updates: jax.Array
 
 
-def init_state(nets: Networks, key: jax.Array, observation_shape: tuple[int, ...]) -> TrainState:
+def observation_shape(nets: Networks) -> tuple[int, ...]:
+    return (nets.vector_dim,) if nets.vector_dim else (nets.cfg.image_size, nets.cfg.image_size, 3)
+
+
+def init_state(nets: Networks, key: jax.Array) -> TrainState:
     cfg = nets.cfg
     k_wm, k_actor, k_critic, k_sample = jax.random.split(key, 4)
-    image = jnp.zeros((1, *observation_shape), jnp.uint8)
-    wm_vars = nets.wm.init(k_wm, image, zero_state(cfg, 1), jnp.zeros((1, nets.action_dim)),
+    obs = jnp.zeros((1, *observation_shape(nets)), jnp.float32 if nets.vector_dim else jnp.uint8)
+    wm_vars = nets.wm.init(k_wm, obs, zero_state(cfg, 1), jnp.zeros((1, nets.action_dim)),
                            jnp.ones((1,), bool), k_sample)
     feat = jnp.zeros((1, cfg.deter + cfg.stoch * cfg.classes))
     actor, critic = nets.actor.init(k_actor, feat)["params"], nets.critic.init(k_critic, feat)["params"]
@@ -115,7 +127,7 @@ def observe(nets: Networks, params, data: dict, key: jax.Array) -> tuple[dict, d
     """Filter a batch of sequences through the RSSM: posteriors and priors (B, T, ...). Every sequence starts at
     its first step (`is_first` is set there), so the initial state needs no carry between batches."""
     b, t = data["action"].shape[:2]
-    embed = nets.wm.apply({"params": params}, data["image"], method=WorldModel.encode)
+    embed = nets.wm.apply({"params": params}, data[nets.obs_key], method=WorldModel.encode)
     prev_action = jnp.concatenate([jnp.zeros_like(data["action"][:, :1]), data["action"][:, :-1]], 1)
     is_first = jnp.asarray(data["is_first"]).at[:, 0].set(True)
     time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  (scan runs over the leading axis)
@@ -141,19 +153,22 @@ def kl_losses(post: dict, prior: dict, free_nats: float) -> tuple[jax.Array, jax
 
 def world_model_loss(params, nets: Networks, data: dict, key: jax.Array):
     """L(φ) = E[Σ_t β_pred L_pred + β_dyn L_dyn + β_rep L_rep] (Eq. 4–5), per step then averaged over B and T.
-    L_pred: image MSE summed over pixels, reward two-hot cross-entropy, continue Bernoulli log-loss."""
+    L_pred: image MSE summed over pixels (or, for a state vector, the squared error against symlog(x) summed over
+    its entries), reward two-hot cross-entropy, continue Bernoulli log-loss."""
     cfg = nets.cfg
     post, prior = observe(nets, params, data, key)
-    image, reward_logits, cont_logit = nets.wm.apply({"params": params}, features(post), method=WorldModel.heads)
-    target = data["image"].astype(jnp.float32) / 255.0
-    image_loss = ((image - target) ** 2).sum((-3, -2, -1))
+    decoded, reward_logits, cont_logit = nets.wm.apply({"params": params}, features(post), method=WorldModel.heads)
+    if nets.vector_dim:
+        obs_loss = cfg.scale_vector * ((decoded - symlog(data["vector"])) ** 2).sum(-1)
+    else:
+        obs_loss = cfg.scale_image * ((decoded - data["image"].astype(jnp.float32) / 255.0) ** 2).sum((-3, -2, -1))
     reward_loss = twohot_loss(reward_logits, data["reward"], nets.bins)
     cont_loss = optax.sigmoid_binary_cross_entropy(cont_logit, 1.0 - data["is_terminal"].astype(jnp.float32))
     dyn, rep = kl_losses(post, prior, cfg.free_nats)
-    loss = (cfg.scale_image * image_loss + cfg.scale_reward * reward_loss + cfg.scale_cont * cont_loss
+    loss = (obs_loss + cfg.scale_reward * reward_loss + cfg.scale_cont * cont_loss
             + cfg.scale_dyn * dyn + cfg.scale_rep * rep).mean()
-    metrics = dict(image_loss=image_loss.mean(), reward_loss=reward_loss.mean(), cont_loss=cont_loss.mean(),
-                   dyn_loss=dyn.mean(), rep_loss=rep.mean(), wm_loss=loss)
+    metrics = {f"{nets.obs_key}_loss": obs_loss.mean(), "reward_loss": reward_loss.mean(),
+               "cont_loss": cont_loss.mean(), "dyn_loss": dyn.mean(), "rep_loss": rep.mean(), "wm_loss": loss}
     return loss, (post, metrics)
 
 
@@ -227,7 +242,8 @@ def actor_loss(actor_params, nets: Networks, wm_params, critic_params, start: di
     return_norm, scale = update_return_norm(return_norm, returns, cfg)
     advantage = (returns - value[:-1]) / scale
     log_prob, entropy = action_log_prob_and_entropy(nets, actor_params, sg(feat[:-1]), sg(actions[:-1]))
-    objective = sg(advantage) * log_prob if nets.discrete else advantage
+    reinforce = nets.discrete or cfg.actor_grad_cont == "reinforce"
+    objective = sg(advantage) * log_prob if reinforce else advantage
     loss = -(weight * (objective + cfg.actent * entropy)).mean()
     aux = dict(feat=sg(feat[:-1]), returns=sg(returns), weight=weight, return_norm=return_norm)
     metrics = dict(actor_loss=loss, entropy=entropy.mean(), imag_return=returns.mean(), return_scale=scale,

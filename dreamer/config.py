@@ -6,12 +6,15 @@ Defaults follow the DreamerV3 paper (Hafner et al. 2023, arXiv:2301.04104v1) and
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
 class DreamerConfig:
     # --- environment
     task: str = "dmc/cartpole-balance"  # "dmc/<domain>-<task>" (dm-control from pixels) or "gym/<env id>"
+    obs: Literal["image", "vector"] = "image"  # what the agent sees: 64 px renders (CNN encoder/decoder) or the
+    #                                             simulator's state vector (MLP encoder/decoder on symlog inputs)
     image_size: int = 64  # square pixel observations
     action_repeat: int = 2  # environment steps per agent step (rewards summed), DreamerV3's DMC setting
     fast_render: bool = False  # shadows, reflections and multisampling off: ~6x faster, different pixels
@@ -28,6 +31,7 @@ class DreamerConfig:
     free_nats: float = 1.0  # free bits: KL terms below 1 nat are clipped
     # --- loss scales (Eq. 5 and Sec. 3)
     scale_image: float = 1.0
+    scale_vector: float = 1.0  # symlog squared error of vector observations
     scale_reward: float = 1.0
     scale_cont: float = 1.0
     scale_dyn: float = 0.5  # β_dyn, KL(sg(posterior) ‖ prior)
@@ -38,6 +42,8 @@ class DreamerConfig:
     horizon: int = 333  # γ = 1 − 1/333 = 0.997
     return_lambda: float = 0.95  # λ of the λ-returns
     actent: float = 3e-4  # η, actor entropy scale
+    actor_grad_cont: Literal["backprop", "reinforce"] = "backprop"  # continuous actions: "backprop" (the paper, through the dynamics) or
+    #                                    "reinforce" (the official code at HEAD); discrete ones always REINFORCE
     retnorm_decay: float = 0.99  # EMA of the return percentiles
     retnorm_low: float = 5.0  # percentiles of the return range S
     retnorm_high: float = 95.0

@@ -238,10 +238,23 @@ class Decoder(nn.Module):
         return x.reshape(*lead, *x.shape[1:]) + 0.5
 
 
+class VectorEncoder(nn.Module):
+    """A state vector → symlog (Eq. 9: inputs of any scale) → `layers` hidden layers of `units`."""
+    layers: int
+    units: int
+
+    @nn.compact
+    def __call__(self, vector: jax.Array) -> jax.Array:
+        x = symlog(vector.astype(jnp.float32))
+        for _ in range(self.layers):
+            x = Dense(self.units)(x)
+        return x
+
+
 # ------------------------------------------------------------------------------------------- the three networks
 class WorldModel(nn.Module):
-    """Encoder, RSSM and the heads that predict the image, the reward (two-hot, symlog bins) and the continue flag
-    (Bernoulli) from the model state (Sec. 2)."""
+    """Encoder, RSSM and the heads that predict the observation (image, or a state vector when `vector_dim` > 0),
+    the reward (two-hot, symlog bins) and the continue flag (Bernoulli) from the model state (Sec. 2)."""
     deter: int
     units: int
     layers: int
@@ -251,16 +264,21 @@ class WorldModel(nn.Module):
     unimix: float
     bins: int
     image_size: int
+    vector_dim: int = 0  # > 0: observations are state vectors of this size (MLPs instead of CNNs)
 
     def setup(self):
-        self.encoder = Encoder(self.cnn_depth)
+        if self.vector_dim:
+            self.encoder = VectorEncoder(self.layers, self.units)
+            self.decoder = MLP(self.layers, self.units, self.vector_dim)  # predicts symlog(x) (Sec. 2)
+        else:
+            self.encoder = Encoder(self.cnn_depth)
+            self.decoder = Decoder(self.cnn_depth, self.image_size)
         self.rssm = RSSM(self.deter, self.units, self.stoch, self.classes, self.unimix)
-        self.decoder = Decoder(self.cnn_depth, self.image_size)
         self.reward_head = MLP(self.layers, self.units, self.bins, outscale=0.0)
         self.cont_head = MLP(self.layers, self.units, 1)
 
-    def encode(self, image: jax.Array) -> jax.Array:
-        return self.encoder(image)
+    def encode(self, obs: jax.Array) -> jax.Array:
+        return self.encoder(obs)
 
     def initial(self, batch: int) -> dict:
         return self.rssm.initial(batch)
@@ -272,14 +290,14 @@ class WorldModel(nn.Module):
         return self.rssm.img_step(state, action, key)
 
     def heads(self, feat: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(image, reward logits, continue logit) from model states."""
+        """(decoded observation, reward logits, continue logit) from model states."""
         return self.decoder(feat), self.reward_head(feat), self.cont_head(feat)[..., 0]
 
     def reward_and_cont(self, feat: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.reward_head(feat), self.cont_head(feat)[..., 0]
 
-    def __call__(self, image, state, action, is_first, key):  # used once, by `init`, to create every parameter
-        post, _ = self.obs_step(state, action, self.encode(image), is_first, key)
+    def __call__(self, obs, state, action, is_first, key):  # used once, by `init`, to create every parameter
+        post, _ = self.obs_step(state, action, self.encode(obs), is_first, key)
         return self.heads(features(post))
 
 

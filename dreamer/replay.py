@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("image", "action", "reward", "is_first", "is_terminal")
-
 
 class Replay:
-    def __init__(self, capacity: int, image_shape: tuple[int, ...], action_dim: int):
+    def __init__(self, capacity: int, obs_key: str, obs_shape: tuple[int, ...], action_dim: int):
+        """`obs_key` "image" (uint8 frames of `obs_shape`) or "vector" (float32 state vectors)."""
         self.capacity = capacity
-        self.data = dict(image=np.zeros((capacity, *image_shape), np.uint8),
-                         action=np.zeros((capacity, action_dim), np.float32),
-                         reward=np.zeros(capacity, np.float32), is_first=np.zeros(capacity, bool),
-                         is_terminal=np.zeros(capacity, bool))
+        obs_dtype = np.uint8 if obs_key == "image" else np.float32
+        self.data = {obs_key: np.zeros((capacity, *obs_shape), obs_dtype),
+                     "action": np.zeros((capacity, action_dim), np.float32),
+                     "reward": np.zeros(capacity, np.float32), "is_first": np.zeros(capacity, bool),
+                     "is_terminal": np.zeros(capacity, bool)}
         self.added = 0  # steps appended so far (the next write goes to added % capacity)
 
     def __len__(self) -> int:
@@ -29,8 +29,8 @@ class Replay:
 
     def add(self, step: dict) -> None:
         i = self.added % self.capacity
-        for key in KEYS:
-            self.data[key][i] = step[key]
+        for key, buffer in self.data.items():
+            buffer[i] = step[key]
         self.added += 1
 
     def sample(self, rng: np.random.Generator, batch: int, length: int) -> dict[str, np.ndarray]:
@@ -56,6 +56,6 @@ class Replay:
             n = len(stored["reward"])
             added = int(stored["added"])
             order = (added - n + np.arange(n)) % self.capacity
-            for key in KEYS:
-                self.data[key][order] = stored[key]
+            for key, buffer in self.data.items():
+                buffer[order] = stored[key]
             self.added = added

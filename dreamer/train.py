@@ -30,7 +30,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 from common.config import parse_config, to_dict  # noqa: E402
 from common.train import Logger, read_metrics  # noqa: E402
 
-from dreamer.agent import Networks, init_state, make_networks, train_step, zero_state  # noqa: E402
+from dreamer.agent import (Networks, init_state, make_networks, observation_shape, train_step,  # noqa: E402
+                           zero_state)
 from dreamer.config import PRESETS, DreamerConfig  # noqa: E402
 from dreamer.envs import make_env  # noqa: E402
 from dreamer.networks import WorldModel, features  # noqa: E402
@@ -42,7 +43,7 @@ def policy_step(nets: Networks, wm_params, actor_params, carry, obs: dict, key: 
     of π while training, its mode (tanh mean / argmax) when evaluating."""
     state, prev_action = carry
     k_obs, k_act = jax.random.split(key)
-    embed = nets.wm.apply({"params": wm_params}, obs["image"][None], method=WorldModel.encode)
+    embed = nets.wm.apply({"params": wm_params}, obs[nets.obs_key][None], method=WorldModel.encode)
     post, _ = nets.wm.apply({"params": wm_params}, state, prev_action, embed, jnp.asarray([obs["is_first"]]), k_obs,
                             method=WorldModel.obs_step)
     out, std = nets.actor.apply({"params": actor_params}, features(post))
@@ -91,11 +92,11 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 # ----------------------------------------------------------------------------------------------------------- train
 def train(cfg: DreamerConfig) -> dict:
     run_dir = Path(cfg.run_dir)
-    env = make_env(cfg.task, cfg.image_size, cfg.action_repeat, cfg.time_limit, cfg.seed, cfg.fast_render)
-    nets = make_networks(cfg, env.action_dim, env.discrete)
+    env = make_env(cfg.task, cfg.image_size, cfg.action_repeat, cfg.time_limit, cfg.seed, cfg.fast_render, cfg.obs)
+    nets = make_networks(cfg, env.action_dim, env.discrete, env.vector_dim if cfg.obs == "vector" else 0)
     key = jax.random.PRNGKey(cfg.seed)
-    state = init_state(nets, key, (cfg.image_size, cfg.image_size, 3))
-    replay = Replay(min(cfg.replay_size, cfg.steps), (cfg.image_size, cfg.image_size, 3), env.action_dim)
+    state = init_state(nets, key)
+    replay = Replay(min(cfg.replay_size, cfg.steps), nets.obs_key, observation_shape(nets), env.action_dim)
     meta = dict(step=0, updates=0, updates_due=0.0, episode=0, saved=0, returns=[])
     if cfg.resume:
         checkpoint = last_checkpoint(run_dir)
@@ -174,7 +175,7 @@ def evaluate(cfg: DreamerConfig, nets: Networks, state, act) -> dict:
     returns = {}
     for name in ("dreamer", "random"):
         env = make_env(cfg.task, cfg.image_size, cfg.action_repeat, cfg.time_limit, cfg.seed + 10_000,
-                       cfg.fast_render)
+                       cfg.fast_render, cfg.obs)
         totals = []
         for episode in range(cfg.eval_episodes):
             obs, carry, total, step = env.reset(), initial_carry(cfg, env.action_dim), 0.0, 0

@@ -98,7 +98,7 @@ def test_lambda_returns_hand_computed():
 @pytest.fixture(scope="module")
 def model():
     nets = make_networks(SMALL, action_dim=2, discrete=False)
-    return nets, init_state(nets, jax.random.PRNGKey(0), (SMALL.image_size, SMALL.image_size, 3))
+    return nets, init_state(nets, jax.random.PRNGKey(0))
 
 
 def test_rssm_shapes_and_kl_balancing(model):
@@ -135,15 +135,18 @@ def test_initial_predictions_are_zero(model):
     assert jnp.isfinite(metrics["wm_loss"])
 
 
-@pytest.mark.parametrize("discrete", [False, True])
-def test_train_step_lowers_the_world_model_loss(discrete):
+@pytest.mark.parametrize("discrete, obs", [(False, "image"), (True, "image"), (False, "vector")])
+def test_train_step_lowers_the_world_model_loss(discrete, obs):
     """Repeated updates on one fixed batch: the world-model loss falls and every metric stays finite (a higher
-    learning rate than the paper's, to see it within 30 updates)."""
-    cfg = dataclasses.replace(SMALL, model_lr=1e-3)
-    nets = make_networks(cfg, action_dim=2, discrete=discrete)
-    state = init_state(nets, jax.random.PRNGKey(0), (SMALL.image_size, SMALL.image_size, 3))
+    learning rate than the paper's, to see it within 30 updates); images and state vectors."""
+    cfg = dataclasses.replace(SMALL, model_lr=1e-3, obs=obs)
+    nets = make_networks(cfg, action_dim=2, discrete=discrete, vector_dim=5 if obs == "vector" else 0)
+    state = init_state(nets, jax.random.PRNGKey(0))
     data = random_batch(SMALL)
     data["image"][:] = data["image"][:1, :1]  # one image everywhere: a pattern the decoder can learn
+    if obs == "vector":  # a fixed vector of large and small entries (symlog makes both learnable)
+        data["vector"] = np.broadcast_to(np.float32([100.0, -3.0, 0.5, 0.0, 20.0]), (*data["reward"].shape, 5))
+        del data["image"]
     if discrete:
         data["action"] = np.eye(2, dtype=np.float32)[np.random.default_rng(0).integers(0, 2, data["action"].shape[:2])]
     step = jax.jit(functools.partial(train_step, nets))
@@ -154,6 +157,39 @@ def test_train_step_lowers_the_world_model_loss(discrete):
         assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
     assert losses[-1] < 0.7 * losses[0], losses[::5]
     assert int(state.updates) == 30
+    assert f"{obs}_loss" in metrics
+
+
+@pytest.mark.parametrize("mode", ["backprop", "reinforce"])
+def test_actor_gradient_through_the_rollout(mode, monkeypatch):
+    """Backprop (the paper's choice for continuous actions) sends the actor's gradient through the imagined rollout;
+    REINFORCE (`actor_grad_cont="reinforce"`) does not: cutting the rollout's gradient (imagining with
+    stop-gradient actor parameters) leaves the REINFORCE gradient unchanged and changes the backprop one."""
+    from dreamer import agent
+    cfg = dataclasses.replace(SMALL, actor_grad_cont=mode)
+    nets = make_networks(cfg, action_dim=2, discrete=False)
+    state = init_state(nets, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)  # the reward and critic outputs start at zero: perturb them to get advantages
+    noisy = lambda tree: jax.tree.map(lambda x: x + 0.1 * rng.normal(size=x.shape).astype(np.float32), tree)  # noqa
+    state = state.replace(critic=noisy(state.critic), wm={**state.wm, "reward_head": noisy(state.wm["reward_head"])})
+    post, _ = observe(nets, state.wm, random_batch(SMALL), jax.random.PRNGKey(1))
+    start = {k: v.reshape(-1, *v.shape[2:]) for k, v in post.items()}
+    cont = jnp.ones(start["deter"].shape[0])
+
+    def grad():
+        loss = lambda p: agent.actor_loss(p, nets, state.wm, state.critic, start, cont,  # noqa: E731
+                                          ReturnNorm(jnp.zeros(()), jnp.zeros(())), jax.random.PRNGKey(2))[0]
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.grad(loss)(state.actor))])
+
+    full = grad()
+    imagine = agent.imagine
+    monkeypatch.setattr(agent, "imagine", lambda nets, wm, actor, *a: imagine(nets, wm, jax.lax.stop_gradient(actor), *a))
+    cut = grad()
+    assert np.abs(full).max() > 0
+    if mode == "reinforce":
+        np.testing.assert_allclose(full, cut, rtol=1e-5, atol=1e-8)
+    else:
+        assert not np.allclose(full, cut, rtol=1e-3, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- the training loop
@@ -200,7 +236,7 @@ from dreamer.agent import init_state, make_networks, train_step
 from dreamer.tests.test_dreamer import SMALL, random_batch
 assert len(jax.devices()) == 2
 nets = make_networks(SMALL, 2, False)
-state = init_state(nets, jax.random.PRNGKey(0), (16, 16, 3))
+state = init_state(nets, jax.random.PRNGKey(0))
 batch = random_batch(SMALL)
 step = jax.jit(functools.partial(train_step, nets))
 one, m1 = step(state, batch, jax.random.PRNGKey(1))
