@@ -1,7 +1,7 @@
 """Re-evaluate a driving-VLA checkpoint in closed loop and save a GIF of an episode with its planned waypoints.
 
     python eval.py --checkpoint runs/driving_vla/checkpoints/00005000
-    python eval.py --checkpoint ... --scenarios roundabout --seeds 10 --shield --gif-scenario roundabout
+    python eval.py --checkpoint ... --scenarios roundabout --seeds 10 --shield True --gif-scenario roundabout
 """
 
 from __future__ import annotations

@@ -184,7 +184,9 @@ def test_dagger_relabels_learner_visited_states_with_the_expert(monkeypatch):
     for j in range(4):
         expected = hw.expert_waypoints(env)
         assert np.allclose(labels[j], expected, atol=1e-4)
-        assert np.allclose(ep["frames"]["ego"][j], ego_state_from_observation(env.observation()))
+        obs = env.observation()
+        assert np.array_equal(ep["frames"]["observation.bev"][j], obs["bev"])
+        assert np.allclose(ep["frames"]["observation.state"][j], obs["state"])
         for _ in range(5):
             env.step(ConstantPolicy.action)
     # the learner slows down; the expert keeps ~25 m/s: its label runs far ahead of the learner's future
