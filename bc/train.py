@@ -18,8 +18,8 @@ from common.data import ChunkDataset
 from common.envs.metaworld import IMAGE_KEY, DemoSpec, EvalConfig, collect_demos, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, cleanup_distributed, init_distributed, last_checkpoint, load_checkpoint,
-                          mean_over_ranks, plot_metrics, resumable_loader, save_checkpoint, seed_everything)
+from common.train import (Logger, cleanup_distributed, init_distributed, mean_over_ranks, plot_metrics,
+                          resumable_loader, resume_last, save_checkpoint, seed_everything)
 
 from bc.config import PRESETS, BCConfig
 from bc.model import BCPolicy, ClosedLoopPolicy
@@ -65,13 +65,7 @@ def train(cfg: BCConfig) -> dict:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
-    step = 0
-    if cfg.resume:
-        checkpoint = last_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
-        step = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        print(f"resumed from {checkpoint} at step {step}")
+    step = resume_last(run_dir, model, optimizer, scheduler) if cfg.resume else 0
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.world_size > 1 else model
     batches = resumable_loader(data, cfg.batch_size, cfg.seed, step, dist.rank, dist.world_size, cfg.num_workers)
     n_params = sum(p.numel() for p in model.parameters())

@@ -200,6 +200,18 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     return _restore_schedule_and_rng(state, scheduler)
 
 
+def resume_last(run_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                sharded: bool = False) -> int:
+    """`--resume`: restore `run_dir`'s last checkpoint (weights, optimizer, scheduler, RNG; `sharded` for FSDP) and
+    return its step. No checkpoint is an error, never a silent fresh start."""
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    step = (load_full_state if sharded else load_checkpoint)(checkpoint, model, optimizer, scheduler)
+    print(f"resumed from {checkpoint} at step {step}")
+    return step
+
+
 def _restore_schedule_and_rng(state: Mapping[str, Any], scheduler: Any) -> int:
     """The part of resuming shared by plain and sharded models: scheduler, every RNG; returns the step."""
     if scheduler is not None and state["scheduler"] is not None:

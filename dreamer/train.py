@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from common.config import parse_config, to_dict  # noqa: E402
-from common.train import Logger, read_metrics  # noqa: E402
+from common.train import Logger  # noqa: E402
 
 from dreamer.agent import (Networks, init_state, make_networks, observation_shape, train_step,  # noqa: E402
                            zero_state)

@@ -11,7 +11,6 @@ one. Evaluation runs `hw.evaluate` on one scenario per worker process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 from contextlib import nullcontext
@@ -32,11 +31,6 @@ FEATURES = {"observation.bev": ((hw.BEV.size, hw.BEV.size, len(hw.BEV_CHANNELS))
             "observation.agents": ((hw.NUM_AGENTS, hw.AGENT_FEATURES), "float32"),
             "observation.command": ((2,), "float32"), "action": ((2,), "float32"),
             "waypoints": ((2 * K,), "float32"), "waypoints_valid": ((K,), "uint8")}
-
-
-def benchmark_version() -> str:
-    """A hash of the benchmark's source: part of the key of every cache this module writes."""
-    return hashlib.sha1(Path(hw.__file__).read_bytes()).hexdigest()[:10]
 
 
 # ------------------------------------------------------------------------------------------------ worker pool
@@ -68,22 +62,12 @@ def _map(fn: Callable, jobs: Sequence, workers: int, desc: str, progress: bool =
 _worker_policy: ClosedLoopPolicy | None = None
 
 
-def _set_policy(meta: dict, state_dict: dict, shield: bool, expert: dict | None = None) -> None:
-    """Build a worker's closed-loop policy from a checkpoint's config and weights; `expert` (scenario/seed/horizon →
-    metrics) stands in for `hw.expert_reference`, so that workers do not drive the expert's reference again."""
+def _set_policy(meta: dict, state_dict: dict, shield: bool) -> None:
+    """Build a worker's closed-loop policy from a checkpoint's config and weights."""
     global _worker_policy
     from .model import Shield, policy_from_meta
     policy = policy_from_meta(meta, state_dict)
     _worker_policy = ClosedLoopPolicy(policy, Shield.from_config(policy.cfg) if shield else None)
-    if expert is not None:
-        original = getattr(hw.expert_reference, "original", hw.expert_reference)
-
-        def reference(name: str, seed: int, horizon_s: float | None = None) -> dict:
-            key = _name(name, seed, horizon_s)
-            return expert[key] if key in expert else original(name, seed, horizon_s)
-
-        reference.original = original
-        hw.expert_reference = reference
 
 
 # ------------------------------------------------------------------------------------------------ training data
@@ -216,7 +200,7 @@ def expert_results(scenarios: Sequence[str], episodes: int, horizon_s: float | N
                    progress: bool = True) -> dict[str, dict]:
     """`hw.expert_reference` (the expert's episode metrics, every learner's progress reference) on seeds("eval",
     episodes) of each scenario, computed once per benchmark version and cached on disk."""
-    path = hw.default_cache_dir() / f"highway-expert-{benchmark_version()}.json"
+    path = hw.default_cache_dir() / f"highway-expert-{hw.source_version()}.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
     jobs = [(s, seed, horizon_s) for s in scenarios for seed in hw.seeds("eval", episodes)
             if _name(s, seed, horizon_s) not in cached]
@@ -229,9 +213,9 @@ def expert_results(scenarios: Sequence[str], episodes: int, horizon_s: float | N
             for s in scenarios for seed in hw.seeds("eval", episodes)}
 
 
-def _eval_job(job: tuple[str, int, float | None]) -> list[dict]:
-    scenario, episodes, horizon_s = job
-    return hw.evaluate(_worker_policy, [scenario], episodes, horizon_s, progress=False).rows
+def _eval_job(job: tuple[str, int, float | None, dict]) -> list[dict]:
+    scenario, episodes, horizon_s, references = job
+    return hw.evaluate(_worker_policy, [scenario], episodes, horizon_s, progress=False, references=references).rows
 
 
 def evaluate(meta: dict, state_dict: dict, scenarios: Sequence[str], episodes: int, horizon_s: float | None = None,
@@ -239,8 +223,9 @@ def evaluate(meta: dict, state_dict: dict, scenarios: Sequence[str], episodes: i
     """`hw.evaluate` of a policy (given as a checkpoint's config and weights, so that workers can rebuild it) on
     seeds("eval", episodes) of every scenario, one scenario per worker; per-episode metric rows."""
     expert = expert_results(scenarios, episodes, horizon_s, workers, progress)
-    jobs = [(s, episodes, horizon_s) for s in scenarios]
-    rows = _map(_eval_job, jobs, workers, "closed-loop eval", progress, _set_policy, (meta, state_dict, shield, expert))
+    seeds = hw.seeds("eval", episodes)
+    jobs = [(s, episodes, horizon_s, {(s, seed): expert[_name(s, seed, horizon_s)] for seed in seeds}) for s in scenarios]
+    rows = _map(_eval_job, jobs, workers, "closed-loop eval", progress, _set_policy, (meta, state_dict, shield))
     return [row for scenario_rows in rows for row in scenario_rows]
 
 

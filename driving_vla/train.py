@@ -1,7 +1,7 @@
 """Train a driving VLA (or the BC baseline) by imitation, then DAgger, and evaluate it in closed loop.
 
-    python train.py                                  # tiny VLA (MLP head): expert demos, BC, 2 DAgger rounds, eval
-    python train.py --head flow                      # the flow-matching head
+    python train.py                                  # tiny VLA (flow head): expert demos, BC, 2 DAgger rounds, eval
+    python train.py --head mlp                       # the MLP (L1) head
     python train.py --model bc --dagger_rounds 0     # plain BC baseline (no language)
     python train.py --scenarios highway merge --eval_seeds 10 --shield   # any field of config.DrivingVLAConfig
     python train.py --resume                         # continue run_dir's last checkpoint exactly
@@ -31,8 +31,8 @@ from common.config import parse_config, to_dict
 from common.data import EpisodeDataset, write_json_atomic
 from common.envs import highway as hw
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, last_checkpoint, load_checkpoint, plot_metrics, resumable_loader, save_checkpoint,
-                          save_pretrained, seed_everything)
+from common.train import (Logger, plot_metrics, resumable_loader, resume_last, save_checkpoint, save_pretrained,
+                          seed_everything)
 
 from driving_vla import rollouts
 from driving_vla.config import PRESETS, DrivingVLAConfig
@@ -84,7 +84,7 @@ def total_steps(cfg: DrivingVLAConfig) -> int:
 
 
 def training_noise(cfg: DrivingVLAConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flow head's ε (B, K, 2) and τ (B,) of one step, from a generator seeded by (seed, step): exact on resume."""
+    """The flow head's ε (B, K, 2) and τ (B,) of one step, seeded by (seed, step): exact on resume."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     return torch.randn(cfg.batch_size, K, 2, generator=g), sample_time(cfg.batch_size, cfg, g)
 
@@ -121,13 +121,7 @@ def train(cfg: DrivingVLAConfig) -> dict:
     policy = DrivingPolicy(cfg, meta["stats"], tokenizer).to(device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
-    step = 0
-    if cfg.resume:
-        checkpoint = last_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
-        step = load_checkpoint(checkpoint, policy, optimizer, scheduler)
-        print(f"resumed from {checkpoint} at step {step}")
+    step = resume_last(run_dir, policy, optimizer, scheduler) if cfg.resume else 0
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"{cfg.model}{'/' + cfg.head if cfg.model == 'vla' else ''}: {n_params / 1e6:.2f}M parameters; "
           f"{len(demos.episodes)} expert episodes, {demos.num_frames} frames; {total_steps(cfg)} steps of batch "

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from common.config import parse_config, to_dict
-from common.data import ChunkDataset, EpisodeDataset
+from common.data import ChunkDataset
 from common.envs.metaworld import DemoSpec, EvalConfig, collect_demos, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_checkpoint,
-                          load_full_state, load_pretrained, mean_over_ranks, plot_metrics, resumable_loader,
+from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_pretrained,
+                          mean_over_ranks, plot_metrics, resumable_loader, resume_last,
                           save_checkpoint, seed_everything)
 
 from openvla.config import PRESETS, OpenVLAConfig, resolve
@@ -118,13 +118,7 @@ def train(cfg: OpenVLAConfig) -> dict:
     # fused: one kernel per step instead of ~10 ops per tensor
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
-    step = 0
-    if cfg.resume:
-        checkpoint = last_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
-        step = (load_full_state if sharded else load_checkpoint)(checkpoint, policy, optimizer, scheduler)
-        print(f"resumed from {checkpoint} at step {step}")
+    step = resume_last(run_dir, policy, optimizer, scheduler, sharded) if cfg.resume else 0
     # static graph: each ViT's last block, final norm and SigLIP's pooling head are in the checkpoint but never read
     ddp = (torch.nn.parallel.DistributedDataParallel(policy, static_graph=True) if dist.world_size > 1 and not sharded
            else policy)

@@ -25,8 +25,8 @@ from common.data import ChunkDataset, EpisodeDataset
 from common.envs.metaworld import DemoSpec, EvalConfig, collect_demos, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_checkpoint,
-                          load_full_state, load_pretrained, mean_over_ranks, plot_metrics, resumable_loader,
+from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_pretrained,
+                          mean_over_ranks, plot_metrics, resumable_loader, resume_last,
                           save_checkpoint, seed_everything)
 
 from pi0.config import PRESETS, PI0Config
@@ -133,13 +133,7 @@ def train(cfg: PI0Config) -> dict:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(cfg, s) / cfg.lr)
-    step = 0
-    if cfg.resume:
-        checkpoint = last_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir}/checkpoints")
-        step = (load_full_state if sharded else load_checkpoint)(checkpoint, policy, optimizer, scheduler)
-        print(f"resumed from {checkpoint} at step {step}")
+    step = resume_last(run_dir, policy, optimizer, scheduler, sharded) if cfg.resume else 0
     # static graph: the last VLM layer's output projection and MLP never get a gradient (their output is not read)
     ddp = (torch.nn.parallel.DistributedDataParallel(policy, static_graph=True) if dist.world_size > 1 and not sharded
            else policy)

@@ -69,7 +69,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 # highway-env disables drawing when SDL_VIDEODRIVER is "dummy" (every frame comes back black, silently); pygame's
 # "offscreen" driver draws headless. Must be set before pygame is first imported.
@@ -1062,7 +1062,15 @@ class DemoSpec:
     horizon_s: float | None = None  # None: each scenario's own
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The fields and the benchmark's source version: an edited benchmark collects its demonstrations again."""
+        fields = json.dumps(dict(asdict(self), benchmark=source_version()), sort_keys=True)
+        return hashlib.sha1(fields.encode()).hexdigest()[:12]
+
+
+def source_version() -> str:
+    """A hash of this module's source: part of the key of every cache of its episodes (demonstrations, expert
+    references), so that results from an older version of the benchmark are never mixed with the current one's."""
+    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]
 
 
 def default_cache_dir() -> Path:
@@ -1171,14 +1179,16 @@ def expert_reference(name: str, seed: int, horizon_s: float | None = None) -> di
 
 def evaluate(policy: Policy | None, scenarios: Iterable[str] = tuple(SCENARIOS), episodes: int = 10,
              horizon_s: float | None = None, render_size: int | None = None, gif_dir: str | Path | None = None,
-             gif_episodes: int = 1, progress: bool = True) -> EvalResult:
+             gif_episodes: int = 1, progress: bool = True,
+             references: Mapping[tuple[str, int], dict[str, Any]] | None = None) -> EvalResult:
     """Closed-loop episodes of `policy` on seeds("eval", episodes) of each scenario.
 
     `policy(obs)` gets `DrivingEnv.observation()` and returns either a normalised action (2,) or ego-frame waypoints
     (K, 2) at +0.5 s spacing, which `waypoints_to_controls` tracks. If it has a `reset()` method it is called at the
     start of every episode. `policy=None` drives the expert (the reference: its EP is 1). `render_size` adds the
     top-down image to the observations (and to the GIFs); `gif_dir` saves the first `gif_episodes` episodes of each
-    scenario with the policy's waypoints drawn."""
+    scenario with the policy's waypoints drawn. `references` maps (scenario, seed) to the expert's `expert_reference`
+    metrics where the caller has them already (e.g. cached on disk); the others are driven here."""
     rows = []
     jobs = [(name, seed) for name in scenarios for seed in seeds("eval", episodes)]
     for name, _ in jobs:
@@ -1186,7 +1196,7 @@ def evaluate(policy: Policy | None, scenarios: Iterable[str] = tuple(SCENARIOS),
             raise ValueError(f"unknown driving scenario {name!r}; valid scenarios: {', '.join(SCENARIOS)}")
     bar = tqdm(jobs, desc="closed-loop eval", disable=not progress)
     for k, (name, seed) in enumerate(bar):
-        reference = expert_reference(name, seed, horizon_s)
+        reference = (references or {}).get((name, seed)) or expert_reference(name, seed, horizon_s)
         if policy is None:
             rows.append(reference)
             continue

@@ -263,3 +263,7 @@ def test_collect_demos_and_evaluate(tmp_path):
     assert 0 < brake.rows[0]["ep"] < 0.8 and brake.rows[0]["comfort"] == 0.0
     assert (tmp_path / "gifs" / "highway_seed1000000.gif").exists()
     assert "| highway | 1 |" in format_results(brake)
+    # a reference given by the caller replaces the expert's drive: EP is measured against its progress
+    doubled = evaluate(lambda obs: np.array([-1.0, 0.0]), ["highway"], episodes=1, horizon_s=3.0, progress=False,
+                       references={("highway", brake.rows[0]["seed"]): {"progress": 2 * brake.rows[0]["progress"]}})
+    assert doubled.rows[0]["ep"] == 0.5

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
-from common.train import (Logger, ResumableSampler, last_checkpoint, load_checkpoint, load_pretrained, plot_metrics,
-                          read_config, read_metrics, resumable_loader, save_checkpoint, save_pretrained, seed_everything)
+import pytest
+
+from common.train import (Logger, ResumableSampler, last_checkpoint, load_pretrained, plot_metrics, read_config,
+                          read_metrics, resumable_loader, resume_last, save_checkpoint, save_pretrained, seed_everything)
 
 
 def _model():
@@ -22,7 +24,7 @@ def _train(run_dir, total, stop_at=None, resume=False):
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    step = load_checkpoint(last_checkpoint(run_dir), model, opt, sched) if resume else 0
+    step = resume_last(run_dir, model, opt, sched) if resume else 0
     loader = resumable_loader(data, 8, seed=1, step=step)
     losses = []
     while step < (stop_at or total):
@@ -43,6 +45,12 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     first = _train(tmp_path / "b", total=20, stop_at=7)
     second = _train(tmp_path / "b", total=20, resume=True)
     assert first + second == straight  # bit-exact: same batches, dropout masks, optimizer and schedule
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    model = _model()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        resume_last(tmp_path / "empty", model, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):

@@ -78,13 +78,13 @@ def test_padding_of_the_prompt_is_not_attended():
     """Right-padding tokens are never attended: garbage under the padding mask changes nothing."""
     cfg = small(model="vla", max_text_tokens=64)
     policy = make_policy(cfg).eval()
-    batch = random_batch(2)
-    out = policy.predict_waypoints(batch)
+    batch, noise = random_batch(2), torch.randn(2, K, 2)  # the flow head's starting noise, the same for both calls
+    out = policy.predict_waypoints(batch, noise)
     from common.text import tokenize
     tokens = tokenize(policy.tokenizer, batch["prompt"], 64)
     tokens["input_ids"][:, -1] = 7  # garbage under the padding mask (the prompts are shorter than 24 tokens)
     assert not tokens["attention_mask"][:, -1].any()
-    assert torch.allclose(policy.predict_waypoints({**batch, **tokens}), out, atol=1e-6)
+    assert torch.allclose(policy.predict_waypoints({**batch, **tokens}, noise), out, atol=1e-6)
 
 
 def test_flow_targets_and_loss_match_a_hand_computed_case():
