@@ -18,7 +18,7 @@ class DrivingVLAConfig:
     # --- model
     model: Literal["bc", "vla"] = "vla"  # "bc": BEV CNN + ego-state MLP, no language; "vla": BEV + text + state tokens
     #                                      through a transformer with waypoint queries
-    head: Literal["mlp", "flow"] = "flow"  # VLA head: a flow-matching head (π0 Eq. 1), or per-query MLP regression
+    head: Literal["mlp", "flow"] = "mlp"  # VLA head: per-query MLP regression, or a flow-matching head (π0 Eq. 1)
     mlp_loss: Literal["l1", "gaussian_nll"] = "l1"  # MLP head (and bc): L1 on normalised waypoints, or a diagonal
     #                                                Gaussian negative log-likelihood (the head also predicts log σ)
     width: int = 64  # transformer width (tokens of every kind are projected to it)

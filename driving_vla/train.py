@@ -1,7 +1,7 @@
 """Train a driving VLA (or the BC baseline) by imitation, then DAgger, and evaluate it in closed loop.
 
-    python train.py                                  # tiny VLA (flow head): expert demos, BC, 2 DAgger rounds, eval
-    python train.py --head mlp                       # the MLP (L1) head
+    python train.py                                  # tiny VLA (MLP head): expert demos, BC, 2 DAgger rounds, eval
+    python train.py --head flow                      # the flow-matching head
     python train.py --model bc --dagger_rounds 0     # plain BC baseline (no language)
     python train.py --scenarios highway merge --eval_seeds 10 --shield   # any field of config.DrivingVLAConfig
     python train.py --resume                         # continue run_dir's last checkpoint exactly
