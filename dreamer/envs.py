@@ -16,16 +16,16 @@ import numpy as np
 
 
 class DMC:
-    """A dm-control suite task from pixels (or its state: DreamerV3's "DMC Proprio"), as DreamerV3 uses it (`embodied/envs/dmc.py`): action repeat with the
-    rewards summed, `time_limit` environment steps per episode (the suite's own limit is 1000), camera 0
-    (quadruped: 2), never terminal.
+    """A dm-control suite task from pixels (or its state: DreamerV3's "DMC Proprio"), as DreamerV3 uses it
+    (`embodied/envs/dmc.py`): action repeat with the rewards summed, at most `time_limit` environment steps per
+    episode (None: the suite's own, 1000), camera 0 (quadruped: 2), never terminal.
 
     `fast_render` turns off shadows, reflections and multisampling (~6x faster on Mesa's software renderer, but
     different pixels); the default keeps dm-control's standard look. Episode k is seeded with (seed, k), so a run
     resumed at an episode boundary sees the same episodes as an uninterrupted one.
     """
 
-    def __init__(self, name: str, size: int = 64, repeat: int = 2, time_limit: int = 1000, seed: int = 0,
+    def __init__(self, name: str, size: int = 64, repeat: int = 2, time_limit: int | None = None, seed: int = 0,
                  fast_render: bool = False, obs: str = "image"):
         from dm_control import suite
         domain, _, task = name.partition("-")
@@ -67,11 +67,11 @@ class DMC:
             step = self.env.step(action)
             reward += step.reward or 0.0
             self.steps += 1
-            if step.last() or self.steps >= self.time_limit:
+            if step.last() or self.steps == self.time_limit:
                 break
         terminal = step.last() and step.discount == 0
         return dict(self._observe(step), reward=reward, is_first=False,
-                    is_last=bool(step.last() or self.steps >= self.time_limit), is_terminal=bool(terminal))
+                    is_last=bool(step.last() or self.steps == self.time_limit), is_terminal=bool(terminal))
 
 
 class Gym:
@@ -79,7 +79,7 @@ class Gym:
     its own (Box) observation flattened with `obs="vector"`, with action repeat. Discrete actions come as one-hot
     vectors; box actions in [−1, 1] are rescaled to the env's bounds."""
 
-    def __init__(self, name: str, size: int = 64, repeat: int = 2, time_limit: int = 1000, seed: int = 0,
+    def __init__(self, name: str, size: int = 64, repeat: int = 2, time_limit: int | None = None, seed: int = 0,
                  obs: str = "image"):
         import gymnasium as gym
         self.env = gym.make(name, render_mode="rgb_array" if obs == "image" else None, max_episode_steps=time_limit)
@@ -118,10 +118,10 @@ class Gym:
                     is_terminal=terminated)
 
 
-def make_env(task: str, size: int, repeat: int, time_limit: int, seed: int, fast_render: bool = False,
+def make_env(task: str, size: int, repeat: int, time_limit: int | None, seed: int, fast_render: bool = False,
              obs: str = "image"):
-    """"dmc/<domain>-<task>" or "gym/<id>"; `time_limit` environment steps per episode at most; `obs` "image"
-    (renders) or "vector" (the simulator's state)."""
+    """"dmc/<domain>-<task>" or "gym/<id>"; `time_limit` environment steps per episode at most (None: the task's
+    own); `obs` "image" (renders) or "vector" (the simulator's state)."""
     suite, _, name = task.partition("/")
     if suite == "dmc":
         return DMC(name, size, repeat, time_limit, seed, fast_render, obs)

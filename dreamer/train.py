@@ -1,6 +1,6 @@
 """Train DreamerV3 from pixels: act, store, replay sequences, update; checkpoints, resume, a return curve.
 
-    python train.py                                    # tiny preset, dm-control cartpole-balance, CPU
+    python train.py                                    # tiny preset, gymnasium CartPole-v1 from 64 px renders, CPU
     python train.py --task dmc/walker-walk --preset small --steps 500000   # the paper's DMC setting
     python train.py --resume                           # continue run_dir's last checkpoint (exactly)
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python train.py     # data-parallel over 2 CPU devices

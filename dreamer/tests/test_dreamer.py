@@ -192,6 +192,27 @@ def test_actor_gradient_through_the_rollout(mode, monkeypatch):
         assert not np.allclose(full, cut, rtol=1e-3, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------------------------ environments
+def test_gym_adapter_on_the_default_task():
+    """CartPole-v1 from renders: uint8 frames with the cart in them, one-hot actions, rewards summed over the action
+    repeat; pushing one way topples the pole (terminal), a time limit ends an episode without being terminal."""
+    from dreamer.envs import make_env
+    env = make_env("gym/CartPole-v1", 16, 2, None, seed=0)
+    assert (env.action_dim, env.discrete) == (2, True)
+    obs = env.reset()
+    assert obs["image"].shape == (16, 16, 3) and obs["image"].dtype == np.uint8 and obs["is_first"]
+    assert obs["image"].max() == 255 and obs["image"].min() < 200  # the dark cart on the white background
+    total, steps = 0.0, 0
+    while not obs["is_last"]:
+        obs = env.step(np.array([1.0, 0.0]))
+        total, steps = total + obs["reward"], steps + 1
+    assert obs["is_terminal"] and steps < 30 and total in (2 * steps, 2 * steps - 1)  # +1 per environment step
+    env = make_env("gym/CartPole-v1", 16, 2, 10, seed=0)
+    env.reset()
+    ends = [env.step(np.array([float(i % 2), float(1 - i % 2)])) for i in range(5)]
+    assert [o["is_last"] for o in ends] == [False] * 4 + [True] and not ends[-1]["is_terminal"]
+
+
 # ---------------------------------------------------------------------------------------- the training loop
 def loop_config(tmp_path, **overrides):
     """cartpole-balance at 16 px, 10-step episodes, 8 random steps, one update per agent step."""
