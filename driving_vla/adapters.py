@@ -69,12 +69,9 @@ def load_policy(checkpoint: str | Path) -> DrivingPolicy:
 # ------------------------------------------------------------------------------------------------ frames + rasters
 def carla_world_to_ego(points, ego_xy, ego_yaw: float) -> np.ndarray:
     """CARLA world points (N, 2) (left-handed: x east, y south) → our ego frame (x forward, y left), for an ego at
-    `ego_xy` with CARLA yaw `ego_yaw` [rad] (clockwise from +x seen from above)."""
-    d = np.asarray(points, dtype=np.float64).reshape(-1, 2) - np.asarray(ego_xy, dtype=np.float64)
-    c, s = math.cos(ego_yaw), math.sin(ego_yaw)
-    forward = d[:, 0] * c + d[:, 1] * s
-    right = -d[:, 0] * s + d[:, 1] * c
-    return np.stack([forward, -right], axis=-1)
+    `ego_xy` with CARLA yaw `ego_yaw` [rad] (clockwise from +x seen from above). highway-env's world is left-handed
+    with clockwise headings too (y down the screen), so the benchmark's own `to_ego_frame` is this transform."""
+    return hw.to_ego_frame(np.asarray(points, dtype=np.float64).reshape(-1, 2), ego_xy, ego_yaw)
 
 
 def carla_lidar_to_ego(points) -> np.ndarray:
