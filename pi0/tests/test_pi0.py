@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
+from transformers.models.gemma.modeling_gemma import rotate_half
 
 from common.config import from_dict, merge
 from common.data import ChunkDataset
@@ -20,7 +22,7 @@ from pi0 import eval as pi0_eval
 from pi0 import train as pi0_train
 from pi0.config import PRESETS, PI0Config
 from pi0.model import (PI0, block_attention_mask, flow_matching_loss, load_official_state_dict,
-                       official_key_to_ours, sample_time, to_official_state_dict)
+                       official_key_to_ours, rotate_half_rows, sample_time, to_official_state_dict)
 from pi0.train import build_policy, build_tokenizer, demo_spec, training_noise, train
 
 PI0_DIR = Path(__file__).parents[1]
@@ -59,14 +61,27 @@ def test_blockwise_causal_mask():
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_cached_sampling_equals_uncached(variant):
-    """Reusing the prefix keys/values across the 10 Euler steps changes nothing."""
+    """Reusing the prefix keys/values across the 10 Euler steps, and the op-lean step (`ActionExpertSteps`, with its
+    folded norm weights and RoPE), change nothing. Every parameter is random: at initialisation the norm weights
+    and π0.5's adaRMS layers are zero, which would leave the folds untested."""
     torch.manual_seed(0)
     cfg = tiny(variant)
     model = PI0(cfg).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
     inputs = random_inputs(cfg)
     cached, uncached = model.sample_actions(*inputs), model.sample_actions_uncached(*inputs)
     assert cached.shape == (3, cfg.horizon, cfg.max_action_dim)
     assert torch.allclose(cached, uncached, atol=1e-5), (cached - uncached).abs().max()
+
+
+def test_rotate_half_rows_folds_rope_into_the_projection():
+    """A q/k projection with `rotate_half_rows` outputs exactly rotate_half of the original's output, per head."""
+    g = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(3 * 8, 5, generator=g), torch.randn(4, 5, generator=g)
+    expected = rotate_half(F.linear(x, weight).view(4, 3, 8)).flatten(1)
+    assert torch.equal(F.linear(x, rotate_half_rows(weight, 8)), expected)
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
