@@ -353,7 +353,7 @@ class ActionExpertSteps:
             raise ValueError(f"the cached expert step is written for multi-query attention, got {e.num_kv_heads} kv heads")
         self.model, self.pi05 = model, model.pi05
         self.heads, self.head_dim, self.mlp_dim = e.num_heads, e.head_dim, e.mlp_dim
-        self.eps = torch.tensor(model.expert_norm.eps, dtype=time_cond.dtype, device=time_cond.device)
+        self.eps = torch.tensor(model.expert_norm.eps, dtype=torch.float32, device=time_cond.device)
         cos, sin = (t.flatten(0, 1) for t in rope)  # (B · H, head_dim): one row per action token
         self.cos, self.sin, self.cos_q, self.sin_q = cos, sin, cos[:, None], sin[:, None]  # (the q ones per head)
         b, h = rope[0].shape[:2]
@@ -393,13 +393,15 @@ class ActionExpertSteps:
         return 1.0 + scale, shift, gate
 
     def normalize(self, x: Tensor, ada, step: int) -> tuple[Tensor, Tensor | None]:
-        """RMSNorm of the rows of x (its weight is in the next projection), or adaRMSNorm with its residual gate."""
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # √(Σ x²)
-        x = x * torch.addcmul(self.eps, norm, norm, value=1 / x.shape[-1]).rsqrt_()  # x / √(mean(x²) + ε)
+        """RMSNorm of the rows of x (its weight is in the next projection), or adaRMSNorm with its residual gate;
+        in float32 like `RMSNorm` (a no-op for a float32 model)."""
+        xf = x.float()
+        norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # √(Σ x²)
+        xf = xf * torch.addcmul(self.eps, norm, norm, value=1 / x.shape[-1]).rsqrt_()  # x / √(mean(x²) + ε)
         if ada is None:
-            return x, None
+            return xf.type_as(x), None
         scale, shift, gate = (t[step] for t in ada)
-        return torch.addcmul(shift, x, scale), gate
+        return torch.addcmul(shift.float(), xf, scale.float()).type_as(x), gate
 
     @staticmethod
     def residual(x: Tensor, h: Tensor, w: Tensor, gate: Tensor | None) -> Tensor:
