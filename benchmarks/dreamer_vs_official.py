@@ -76,14 +76,12 @@ size because of the three GRU input branches and the decoder's 2·units input la
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,10 +89,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from _results import save_table
 from dreamer.agent import init_state, make_networks, train_step
 from dreamer.config import PRESETS, DreamerConfig
 
-RESULTS = Path(__file__).parent / "results"
 ACTION_DIM = 1  # continuous, as dm-control cartpole
 
 # Runs under the official venv's Python: builds the official agent, then times `k` train steps for each line `k`
@@ -307,22 +305,16 @@ def main() -> None:
               f"official {commit_of(args.official_repo)} (danijar/dreamerv3) on jax {v['jax']}, numpy {v['numpy']}, "
               f"ninjax {v['ninjax']}; {pairs} alternating pairs of blocks after 2 warm-up blocks, the ratio taken "
               f"within each pair; image 64x64x3, {ACTION_DIM} continuous action")
-    lines = [header, "", "| config | batch B x T | params ours / official | ours (ms/step) | official (ms/step) "
-             "| ours / official, median | interquartile range |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['batch']} | {r['ours_params'] / 1e6:.2f}M / {r['official_params'] / 1e6:.2f}M "
-              f"| {r['ours_ms']:.0f} | {r['official_ms']:.0f} | **{r['ratio']:.2f}x** | {r['q1']:.2f}-{r['q3']:.2f} |"
-              for r in rows]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dreamer_vs_official.md").write_text(table + "\n")
-    with open(RESULTS / "dreamer_vs_official.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["config", "batch", "block", "pairs", "ours_params", "official_params", "ours_ms_per_step",
-                         "official_ms_per_step", "ratio_median", "ratio_q1", "ratio_q3"])
-        writer.writerows([(r["config"], r["batch"], r["block"], pairs, r["ours_params"], r["official_params"],
-                           f"{r['ours_ms']:.1f}", f"{r['official_ms']:.1f}", f"{r['ratio']:.3f}", f"{r['q1']:.3f}",
-                           f"{r['q3']:.3f}") for r in rows])
+    save_table("dreamer_vs_official", header, ["config", "batch B x T", "params ours / official", "ours (ms/step)",
+                                               "official (ms/step)", "ours / official, median", "interquartile range"],
+               [(r["config"], r["batch"], f"{r['ours_params'] / 1e6:.2f}M / {r['official_params'] / 1e6:.2f}M",
+                 f"{r['ours_ms']:.0f}", f"{r['official_ms']:.0f}", f"**{r['ratio']:.2f}x**", f"{r['q1']:.2f}-{r['q3']:.2f}")
+                for r in rows],
+               ["config", "batch", "block", "pairs", "ours_params", "official_params", "ours_ms_per_step",
+                "official_ms_per_step", "ratio_median", "ratio_q1", "ratio_q3"],
+               [(r["config"], r["batch"], r["block"], pairs, r["ours_params"], r["official_params"],
+                 f"{r['ours_ms']:.1f}", f"{r['official_ms']:.1f}", f"{r['ratio']:.3f}", f"{r['q1']:.3f}", f"{r['q3']:.3f}")
+                for r in rows])
 
 
 if __name__ == "__main__":

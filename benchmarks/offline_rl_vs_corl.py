@@ -16,10 +16,8 @@ Nothing from CORL is copied into this repository: the checkout is read at run ti
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import os
-import statistics
 import sys
 import time
 import types
@@ -29,10 +27,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _results import paired_ratios, save_table  # noqa: E402
 from offline_rl import cql, iql  # noqa: E402
 from offline_rl.data import OfflineDataset, load_dataset  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATA = Path(__file__).parents[1] / "offline_rl/datasets/inverted_double_pendulum-medium.hdf5"
 
 
@@ -129,24 +127,16 @@ def main() -> None:
         for _ in range(pairs):
             a.append(timed(ours.update))
             b.append(timed(corl_update))
-        ratios = sorted(x / y for x, y in zip(a, b))
-        rows.append((name, statistics.median(a), statistics.median(b), statistics.median(ratios), ratios[0],
-                     ratios[-1]))
+        rows.append((name, paired_ratios(a, b)))
     header = (f"updates per second, batch 256, CPU, {args.threads} thread(s), torch {torch.__version__}; "
               f"{pairs} alternating pairs of blocks, the ratio taken within each pair")
-    lines = [header, "", "| algorithm | ours (updates/s) | CORL (updates/s) | ours / CORL, median | range |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {n} | {x:.1f} | {y:.1f} | **{r:.2f}x** | {lo:.2f}-{hi:.2f} |" for n, x, y, r, lo, hi in rows]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "offline_rl_vs_corl.md").write_text(table + "\n")
-    with open(RESULTS / "offline_rl_vs_corl.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["algorithm", "ours_updates_per_s", "corl_updates_per_s", "ratio_median", "ratio_min",
-                         "ratio_max"])
-        writer.writerows([(n, f"{x:.2f}", f"{y:.2f}", f"{r:.3f}", f"{lo:.3f}", f"{hi:.3f}")
-                          for n, x, y, r, lo, hi in rows])
+    save_table("offline_rl_vs_corl", header, ["algorithm", "ours (updates/s)", "CORL (updates/s)",
+                                              "ours / CORL, median", "range"],
+               [(n, f"{r['ours']:.1f}", f"{r['theirs']:.1f}", f"**{r['ratio']:.2f}x**", f"{r['lo']:.2f}-{r['hi']:.2f}")
+                for n, r in rows],
+               ["algorithm", "ours_updates_per_s", "corl_updates_per_s", "ratio_median", "ratio_min", "ratio_max"],
+               [(n, f"{r['ours']:.2f}", f"{r['theirs']:.2f}", f"{r['ratio']:.3f}", f"{r['lo']:.3f}", f"{r['hi']:.3f}")
+                for n, r in rows])
 
 
 if __name__ == "__main__":

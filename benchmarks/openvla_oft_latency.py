@@ -18,20 +18,17 @@ K; OpenVLA's call yields one action.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
+from _results import paired_ratios, save_table  # noqa: E402
 from openvla.config import PRESETS, resolve  # noqa: E402
 from openvla.model import OpenVLA  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -77,30 +74,20 @@ def main() -> None:
         a.append(timed(calls["oft"]))
         b.append(timed(calls["openvla"]))
     k = oft_cfg.horizon
-    call_ratios = sorted(x / y for x, y in zip(a, b))
-    action_ratios = sorted(x / k / y for x, y in zip(a, b))
-    quartiles = lambda r: (r[len(r) // 4], r[(3 * len(r)) // 4])  # noqa: E731
-    rows = [("one call (OFT: a chunk of K; OpenVLA: one action)", statistics.median(a), statistics.median(b),
-             statistics.median(call_ratios), *quartiles(call_ratios)),
-            ("per action", statistics.median(a) / k, statistics.median(b), statistics.median(action_ratios),
-             *quartiles(action_ratios))]
+    call, action = paired_ratios(a, b), paired_ratios([x / k for x in a], b)
+    rows = [("one call (OFT: a chunk of K; OpenVLA: one action)", call), ("per action", action)]
     params = sum(p.numel() for p in ar.parameters())
     header = (f"OpenVLA-OFT vs OpenVLA, our code, the same sizes ({params / 1e6:.2f}M parameters; Llama width "
               f"{llm.width}, {llm.depth} layers), A = {args.action_dim}, K = {k}, prompt {args.prompt_tokens} "
               f"tokens, batch 1, float32, CPU, {args.threads} threads, torch {torch.__version__}; {pairs} "
               f"alternating pairs after {warmup} warm-up pairs, the ratio taken within each pair")
-    lines = [header, "", "| measure | OFT (ms, median) | OpenVLA (ms, median) | OFT / OpenVLA, median over pairs "
-             "| interquartile range |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {x:.2f} | {y:.2f} | **{r:.3f}x** | {lo:.3f}-{hi:.3f} |" for n, x, y, r, lo, hi in rows]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text(table + "\n")
-    with open(RESULTS / f"{args.out}.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["measure", "oft_ms", "openvla_ms", "ratio_median", "ratio_q1", "ratio_q3"])
-        writer.writerows([(n, f"{x:.3f}", f"{y:.3f}", f"{r:.4f}", f"{lo:.4f}", f"{hi:.4f}")
-                          for n, x, y, r, lo, hi in rows])
+    save_table(args.out, header, ["measure", "OFT (ms, median)", "OpenVLA (ms, median)",
+                                  "OFT / OpenVLA, median over pairs", "interquartile range"],
+               [(n, f"{r['ours']:.2f}", f"{r['theirs']:.2f}", f"**{r['ratio']:.3f}x**", f"{r['q1']:.3f}-{r['q3']:.3f}")
+                for n, r in rows],
+               ["measure", "oft_ms", "openvla_ms", "ratio_median", "ratio_q1", "ratio_q3"],
+               [(n, f"{r['ours']:.3f}", f"{r['theirs']:.3f}", f"{r['ratio']:.4f}", f"{r['q1']:.4f}", f"{r['q3']:.4f}")
+                for n, r in rows])
 
 
 if __name__ == "__main__":

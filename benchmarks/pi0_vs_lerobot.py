@@ -20,10 +20,8 @@ sizes (LeRobot's constraints: 8 heads, the VLM and expert share depth and head s
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import time
@@ -32,11 +30,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the LeRobot side does: no spinning OpenMP threads
 import torch  # noqa: E402
 
+from _results import paired_ratios, save_table  # noqa: E402
 from pi0.config import PRESETS  # noqa: E402
 from pi0.model import PI0  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
-RESULTS = Path(__file__).parent / "results"
 
 
 def bench_config(batch: int, lang_len: int = 24) -> dict:
@@ -117,9 +115,7 @@ def main() -> None:
         for _ in range(pairs):  # alternate single calls; a ratio per adjacent pair
             a.append(timed(ours[kind]))
             b.append(theirs(kind))
-        ratios = sorted(x / y for x, y in zip(a, b))
-        q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-        rows.append((name, statistics.median(a), statistics.median(b), statistics.median(ratios), q1, q3))
+        rows.append((name, paired_ratios(a, b)))
     server.stdin.close()
     server.wait()
     params = sum(p.numel() for p in PI0(PRESETS["tiny"]).parameters())
@@ -127,18 +123,13 @@ def main() -> None:
               f"{info['params'] / 1e6:.2f}M without its unused LM heads), float32, CPU, {args.threads} threads; "
               f"ours on torch {torch.__version__}, LeRobot's on torch {info['torch']}; {pairs} alternating pairs of "
               f"single calls after {warmup} warm-up pairs, the ratio taken within each pair")
-    lines = [header, "", "| measure | ours (ms, median) | LeRobot (ms, median) | ours / LeRobot, median over pairs "
-             "| interquartile range |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {a:.1f} | {b:.1f} | **{r:.2f}x** | {lo:.2f}-{hi:.2f} |" for n, a, b, r, lo, hi in rows]
-    table = "\n".join(lines)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pi0_vs_lerobot.md").write_text(table + "\n")
-    with open(RESULTS / "pi0_vs_lerobot.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["measure", "ours_ms", "lerobot_ms", "ratio_median", "ratio_q1", "ratio_q3"])
-        writer.writerows([(n, f"{a:.2f}", f"{b:.2f}", f"{r:.3f}", f"{lo:.3f}", f"{hi:.3f}")
-                          for n, a, b, r, lo, hi in rows])
+    save_table("pi0_vs_lerobot", header, ["measure", "ours (ms, median)", "LeRobot (ms, median)",
+                                          "ours / LeRobot, median over pairs", "interquartile range"],
+               [(n, f"{r['ours']:.1f}", f"{r['theirs']:.1f}", f"**{r['ratio']:.2f}x**", f"{r['q1']:.2f}-{r['q3']:.2f}")
+                for n, r in rows],
+               ["measure", "ours_ms", "lerobot_ms", "ratio_median", "ratio_q1", "ratio_q3"],
+               [(n, f"{r['ours']:.2f}", f"{r['theirs']:.2f}", f"{r['ratio']:.3f}", f"{r['q1']:.3f}", f"{r['q3']:.3f}")
+                for n, r in rows])
 
 
 if __name__ == "__main__":
