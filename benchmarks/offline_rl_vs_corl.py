@@ -2,6 +2,7 @@
 
     python benchmarks/offline_rl_vs_corl.py --corl /path/to/CORL        # a checkout of github.com/corl-team/CORL
     python benchmarks/offline_rl_vs_corl.py --corl ... --quick          # fewer timed blocks
+    python benchmarks/offline_rl_vs_corl.py --corl ... --device cpu     # the CPU even where a GPU is present
 
 CORL's files import d4rl, gym, pyrallis and wandb at the top; those are replaced by empty stand-ins (only CORL's
 `train()` entry point uses them, and it is not called). Its trainers are built exactly as its `train()` builds them
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -55,20 +57,20 @@ def load_corl(corl: Path, name: str):
     return module
 
 
-def corl_iql(m, obs_dim: int, act_dim: int, max_steps: int):
-    q, v = m.TwinQ(obs_dim, act_dim), m.ValueFunction(obs_dim)
-    actor = m.GaussianPolicy(obs_dim, act_dim, 1.0, dropout=None)
+def corl_iql(m, obs_dim: int, act_dim: int, max_steps: int, device: str):
+    q, v = m.TwinQ(obs_dim, act_dim).to(device), m.ValueFunction(obs_dim).to(device)
+    actor = m.GaussianPolicy(obs_dim, act_dim, 1.0, dropout=None).to(device)
     return m.ImplicitQLearning(
         max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
         q_network=q, q_optimizer=torch.optim.Adam(q.parameters(), lr=3e-4),
         v_network=v, v_optimizer=torch.optim.Adam(v.parameters(), lr=3e-4),
-        iql_tau=0.7, beta=3.0, max_steps=max_steps, discount=0.99, tau=0.005, device="cpu")
+        iql_tau=0.7, beta=3.0, max_steps=max_steps, discount=0.99, tau=0.005, device=device)
 
 
-def corl_cql(m, obs_dim: int, act_dim: int):
-    c1 = m.FullyConnectedQFunction(obs_dim, act_dim, True, 3)
-    c2 = m.FullyConnectedQFunction(obs_dim, act_dim, True)  # as CORL's train() builds its second critic
-    actor = m.TanhGaussianPolicy(obs_dim, act_dim, 1.0, log_std_multiplier=1.0, orthogonal_init=True)
+def corl_cql(m, obs_dim: int, act_dim: int, device: str):
+    c1 = m.FullyConnectedQFunction(obs_dim, act_dim, True, 3).to(device)
+    c2 = m.FullyConnectedQFunction(obs_dim, act_dim, True).to(device)  # as CORL's train() builds its second critic
+    actor = m.TanhGaussianPolicy(obs_dim, act_dim, 1.0, log_std_multiplier=1.0, orthogonal_init=True).to(device)
     return m.ContinuousCQL(
         critic_1=c1, critic_1_optimizer=torch.optim.Adam(list(c1.parameters()), 3e-4),
         critic_2=c2, critic_2_optimizer=torch.optim.Adam(list(c2.parameters()), 3e-4),
@@ -77,7 +79,7 @@ def corl_cql(m, obs_dim: int, act_dim: int):
         backup_entropy=False, policy_lr=3e-5, qf_lr=3e-4, soft_target_update_rate=5e-3, bc_steps=0,
         target_update_period=1, cql_n_actions=10, cql_importance_sample=True, cql_lagrange=False,
         cql_target_action_gap=-1.0, cql_temp=1.0, cql_alpha=10.0, cql_max_target_backup=False,
-        cql_clip_diff_min=-np.inf, cql_clip_diff_max=np.inf, device="cpu")
+        cql_clip_diff_min=-np.inf, cql_clip_diff_max=np.inf, device=device)
 
 
 def dataset() -> OfflineDataset:
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--corl", type=Path, required=True, help="a checkout of github.com/corl-team/CORL")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="5 pairs of blocks instead of 15")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -103,13 +106,14 @@ def main() -> None:
     obs_dim, act_dim = ds.observations.shape[1], ds.actions.shape[1]
     pairs = 5 if args.quick else 15
     rows = []
-    for name, block in (("IQL", 20), ("CQL", 3)):
+    gpu = args.device.startswith("cuda")
+    for name, block in (("IQL", 200 if gpu else 20), ("CQL", 50 if gpu else 3)):
         if name == "IQL":
-            ours = iql.IQL(iql.PRESETS["default"], ds)
-            theirs = corl_iql(load_corl(args.corl, "iql"), obs_dim, act_dim, 1_000_000)
+            ours = iql.IQL(replace(iql.PRESETS["default"], device=args.device), ds).to(args.device)
+            theirs = corl_iql(load_corl(args.corl, "iql"), obs_dim, act_dim, 1_000_000, args.device)
         else:
-            ours = cql.CQL(cql.PRESETS["default"], ds)
-            theirs = corl_cql(load_corl(args.corl, "cql"), obs_dim, act_dim)
+            ours = cql.CQL(replace(cql.PRESETS["default"], device=args.device), ds).to(args.device)
+            theirs = corl_cql(load_corl(args.corl, "cql"), obs_dim, act_dim, args.device)
         buffer = ours.buffer
 
         def corl_update():
@@ -120,6 +124,8 @@ def main() -> None:
             start = time.perf_counter()
             for _ in range(block):
                 fn()
+            if gpu:
+                torch.cuda.synchronize()
             return block / (time.perf_counter() - start)
 
         timed(ours.update), timed(corl_update)  # warm-up
@@ -128,7 +134,8 @@ def main() -> None:
             a.append(timed(ours.update))
             b.append(timed(corl_update))
         rows.append((name, paired_ratios(a, b)))
-    header = (f"updates per second, batch 256, CPU, {args.threads} thread(s), torch {torch.__version__}; "
+    where = torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)"
+    header = (f"updates per second, batch 256, {where}, torch {torch.__version__}; "
               f"{pairs} alternating pairs of blocks, the ratio taken within each pair")
     save_table("offline_rl_vs_corl", header, ["algorithm", "ours (updates/s)", "CORL (updates/s)",
                                               "ours / CORL, median", "range"],
