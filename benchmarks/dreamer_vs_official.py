@@ -308,13 +308,13 @@ def main() -> None:
     save_table("dreamer_vs_official", header, ["config", "batch B x T", "params ours / official", "ours (ms/step)",
                                                "official (ms/step)", "ours / official, median", "interquartile range"],
                [(r["config"], r["batch"], f"{r['ours_params'] / 1e6:.2f}M / {r['official_params'] / 1e6:.2f}M",
-                 f"{r['ours_ms']:.0f}", f"{r['official_ms']:.0f}", f"**{r['ratio']:.2f}x**", f"{r['q1']:.2f}-{r['q3']:.2f}")
-                for r in rows],
+                 f"{r['ours_ms']:.0f}", f"{r['official_ms']:.0f}", f"**{r['ratio']:.2f}x**",
+                 f"{r['q1']:.2f}-{r['q3']:.2f}") for r in rows],
                ["config", "batch", "block", "pairs", "ours_params", "official_params", "ours_ms_per_step",
                 "official_ms_per_step", "ratio_median", "ratio_q1", "ratio_q3"],
                [(r["config"], r["batch"], r["block"], pairs, r["ours_params"], r["official_params"],
-                 f"{r['ours_ms']:.1f}", f"{r['official_ms']:.1f}", f"{r['ratio']:.3f}", f"{r['q1']:.3f}", f"{r['q3']:.3f}")
-                for r in rows])
+                 f"{r['ours_ms']:.1f}", f"{r['official_ms']:.1f}", f"{r['ratio']:.3f}", f"{r['q1']:.3f}",
+                 f"{r['q3']:.3f}") for r in rows])
 
 
 if __name__ == "__main__":

@@ -350,7 +350,8 @@ class ActionExpertSteps:
                  time_cond: Tensor):
         e = model.cfg.expert
         if e.num_kv_heads != 1:
-            raise ValueError(f"the cached expert step is written for multi-query attention, got {e.num_kv_heads} kv heads")
+            raise ValueError(f"the cached expert step is written for multi-query attention (π0's Gemmas), got "
+                             f"{e.num_kv_heads} key/value heads")
         self.model, self.pi05 = model, model.pi05
         self.heads, self.head_dim, self.mlp_dim = e.num_heads, e.head_dim, e.mlp_dim
         self.eps = torch.tensor(model.expert_norm.eps, dtype=torch.float32, device=time_cond.device)
@@ -373,7 +374,7 @@ class ActionExpertSteps:
                 ada=[self.ada_terms(n, time_cond) for n in (layer.input_layernorm, layer.post_attention_layernorm)]))
         self.out = self.fold(model.action_out_proj.weight, model.expert_norm)
         self.out_ada = self.ada_terms(model.expert_norm, time_cond)
-        if not self.pi05:  # W_in · [W₁ a, φ(τ)] + b_in = W_in,a · (W₁ a) + (W_in,τ · φ(τ) + b_in): the τ half per step
+        if not self.pi05:  # W_in [W₁ a, φ(τ)] + b_in = W_in,a (W₁ a) + (W_in,τ φ(τ) + b_in): the τ half for each step
             w = model.action_time_mlp_in.weight
             self.action_w = w[:, :e.width].t()
             self.time_bias = F.linear(time_cond, w[:, e.width:], model.action_time_mlp_in.bias)
