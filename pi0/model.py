@@ -146,31 +146,25 @@ class GemmaLayer(nn.Module):
 
 
 def joint_layer(layers: list[GemmaLayer], xs: list[Tensor], conds: list[Tensor | None], rope: tuple[Tensor, Tensor],
-                mask: Tensor, past_kv: tuple[Tensor, Tensor] | None = None, needed: tuple[bool, ...] | None = None
-                ) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
+                mask: Tensor, needed: tuple[bool, ...]) -> tuple[list[Tensor | None], tuple[Tensor, Tensor]]:
     """One layer of the mixture of transformers: per-stream q/k/v, one attention over all streams, per-stream MLP.
 
-    `xs[i]` goes through `layers[i]`; `rope` is (cos, sin) for the concatenated new tokens; `past_kv` are cached keys
-    and values (already rotated) of earlier tokens, prepended to the keys. A stream whose `needed` flag is False
-    stops after giving its keys/values (None is returned for it): the prefix's output after the last layer is never
-    read. Returns the new streams and this layer's (keys, values) of the new tokens. Written by hand: no library
-    attention module attends across two weight sets.
+    `xs[i]` goes through `layers[i]`; `rope` is (cos, sin) for the concatenated tokens. A stream whose `needed` flag
+    is False stops after giving its keys/values (None is returned for it): the prefix's output after the last layer
+    is never read. Returns the new streams and this layer's (keys, values), RoPE applied (the sampler caches them).
+    Written by hand: no library attention module attends across two weight sets.
     """
     qkv = [layer.qkv(x, c) for layer, x, c in zip(layers, xs, conds)]
     q, k, v = (qkv[0][i] if len(qkv) == 1 else torch.cat([t[i] for t in qkv], dim=2) for i in range(3))
     q, k = apply_rotary_pos_emb(q, k, *rope)
-    new_kv = (k, v)
-    if past_kv is not None:
-        k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
     # scale 1/sqrt(head_dim) (Gemma 1); multi-query: one key/value head shared by all query heads
     attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), enable_gqa=True)
     attn = attn.transpose(1, 2).flatten(2)
     out, start = [], 0
-    for i, (layer, x, c, (_, _, _, gate)) in enumerate(zip(layers, xs, conds, qkv)):
-        keep = needed is None or needed[i]
+    for layer, x, c, (_, _, _, gate), keep in zip(layers, xs, conds, qkv, needed):
         out.append(layer.finish(x, attn[:, start:start + x.shape[1]], gate, c) if keep else None)
         start += x.shape[1]
-    return out, new_kv
+    return out, (k, v)
 
 
 # ------------------------------------------------------------------------------------------------------------ model
@@ -329,7 +323,8 @@ class PI0(nn.Module):
 
 class ActionExpertSteps:
     """v_θ(x_τ, o) for the Euler steps of one chunk: the action expert alone over the H action tokens, attending to
-    the cached context keys/values. The maths of `joint_layer` with `past_kv`, rearranged for latency.
+    the cached context keys/values (`joint_layer`'s maths, the context's keys/values prepended), rearranged for
+    latency.
 
     At batch 1 the matrices are a few tokens by ~100 wide, so a step's time goes to launching ops, not to arithmetic
     (on this project's CPU an elementwise op costs ~5 µs whatever its size, `F.rms_norm` ~30 µs). The rearrangement
@@ -358,7 +353,7 @@ class ActionExpertSteps:
         cos, sin = (t.flatten(0, 1) for t in rope)  # (B · H, head_dim): one row per action token
         self.cos, self.sin, self.cos_q, self.sin_q = cos, sin, cos[:, None], sin[:, None]  # (the q ones per head)
         b, h = rope[0].shape[:2]
-        self.batch = b
+        self.batch, self.tokens = b, h
         # each (token, head) row of the queries sees what its token sees
         self.mask = mask[:, :, None].expand(-1, -1, self.heads, -1).reshape(b, h * self.heads, mask.shape[-1])
         self.layers = []
@@ -389,8 +384,7 @@ class ActionExpertSteps:
         if norm.dense is None:
             return None
         terms = norm.dense(time_cond).view(-1, self.batch, 1, norm.dense.out_features).chunk(3, dim=-1)
-        h = self.cos.shape[0] // self.batch
-        scale, shift, gate = (t.expand(-1, -1, h, -1).flatten(1, 2) for t in terms)
+        scale, shift, gate = (t.expand(-1, -1, self.tokens, -1).flatten(1, 2) for t in terms)
         return 1.0 + scale, shift, gate
 
     def normalize(self, x: Tensor, ada, step: int) -> tuple[Tensor, Tensor | None]:
