@@ -109,10 +109,11 @@ class CQL(nn.Module):
             if cfg.backup_entropy:
                 next_q = next_q - alpha * next_log_pi
             target = rewards + cfg.discount * (1.0 - dones) * next_q
-            # the 3N importance samples: uniform, π(·|s), π(·|s') — the policy ones from one actor pass
-            policy_actions, policy_log_pi = self.actor(torch.cat([obs, next_obs]).repeat_interleave(n, dim=0))
-            current, current_log_pi = policy_actions[:b * n].view(b, n, -1), policy_log_pi[:b * n].view(b, n)
-            following, following_log_pi = policy_actions[b * n:].view(b, n, -1), policy_log_pi[b * n:].view(b, n)
+            # the 3N importance samples: uniform, π(·|s), π(·|s'); the policy ones from one actor pass per state
+            # (CORL runs the actor on each state repeated N times: N times the FLOPs for the same distribution)
+            policy_actions, policy_log_pi = self.actor(torch.cat([obs, next_obs]), samples=n)  # (2B, N, A)
+            current, following = policy_actions[:b], policy_actions[b:]
+            current_log_pi, following_log_pi = policy_log_pi[:b], policy_log_pi[b:]
             uniform = torch.rand(b, n, self.act_dim, device=obs.device) * 2 - 1
             log_density = torch.cat([torch.full((b, n), self.act_dim * math.log(0.5), device=obs.device),
                                      following_log_pi, current_log_pi], dim=1)

@@ -109,14 +109,17 @@ class TanhGaussianPolicy(nn.Module):
         self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
         self.log_std_offset = nn.Parameter(torch.tensor(log_std_offset))
 
-    def _normal(self, obs: Tensor) -> Normal:
+    def _normal(self, obs: Tensor, samples: int | None = None) -> Normal:
         mu, raw = self.net(obs).chunk(2, dim=-1)
         log_std = self.log_std_multiplier * raw + self.log_std_offset
+        if samples is not None:  # (B, samples, A): the network runs once per state, not once per sample
+            mu, log_std = (x[:, None].expand(-1, samples, -1) for x in (mu, log_std))
         return Normal(mu, log_std.clamp(-20.0, 2.0).exp(), validate_args=False)
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """A reparameterised sample a = tanh(u) and its log-probability log π(a|s)."""
-        normal = self._normal(obs)
+    def forward(self, obs: Tensor, samples: int | None = None) -> tuple[Tensor, Tensor]:
+        """A reparameterised sample a = tanh(u) and its log-probability log π(a|s); with `samples`, that many
+        independent samples per state, (B, samples, A) and (B, samples)."""
+        normal = self._normal(obs, samples)
         u = normal.rsample()
         return torch.tanh(u), self._log_prob(normal, u)
 

@@ -83,6 +83,12 @@ def test_tanh_gaussian_log_prob_matches_torch_distributions():
     reference = TransformedDistribution(Normal(mu, log_std.exp()), [TanhTransform()])
     assert torch.allclose(log_prob, reference.log_prob(actions).sum(-1), atol=1e-3)
     assert torch.allclose(policy.log_prob(obs, actions), log_prob, atol=1e-3)
+    # several samples per state from one network pass (CQL's importance samples): each is a draw of π(·|s)
+    many, many_log_prob = policy(obs, samples=4)
+    assert many.shape == (6, 4, 3) and many_log_prob.shape == (6, 4)
+    assert (many[:, 0] != many[:, 1]).all()
+    reference = TransformedDistribution(Normal(mu[:, None], log_std.exp()[:, None]), [TanhTransform()])
+    assert torch.allclose(many_log_prob, reference.log_prob(many).sum(-1), atol=1e-3)
 
 
 def test_twin_q_members_are_independent_mlps():
