@@ -4,6 +4,10 @@ D4RL-normalised scores (mean ± std over seeds) to results/table.{md,json}.
     python offline_rl/table.py                                   # the default datasets, 3 seeds, 2 processes
     python offline_rl/table.py --datasets inverted_double_pendulum-medium-replay --seeds 0 1 2 3 4
     python offline_rl/table.py --algorithms iql td3_bc --extra --updates 1000   # flags passed to every run
+    python offline_rl/table.py --report                          # only rewrite the table and figure from table.json
+
+Besides results/table.md it draws results/table.png: a bar per algorithm and dataset (mean over seeds, the seeds
+as dots) beside the dataset's own score (its mean episode return, normalised), the bar to clear.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_rl.data import load_dataset
+from offline_rl.runner import DATASETS
+
 HERE = Path(__file__).parent
 ALGORITHMS = ("bc", "td3_bc", "iql", "cql", "dt")
-DATASETS = ("inverted_double_pendulum-medium", "inverted_double_pendulum-medium-replay")
+DATASETS_IN_TABLE = ("inverted_double_pendulum-medium", "inverted_double_pendulum-medium-replay",
+                     "inverted_double_pendulum-medium-expert", "inverted_double_pendulum-expert")
 
 
 def one(job: tuple[str, str, int, list[str]]) -> dict:
@@ -30,36 +38,79 @@ def one(job: tuple[str, str, int, list[str]]) -> dict:
                 score=results["final"]["score_mean"], seconds=results["seconds"])
 
 
+def data_score(dataset: str) -> float | None:
+    """The dataset's own normalised score (its mean episode return), or None without the file or its references."""
+    path = Path(dataset) if Path(dataset).exists() else DATASETS / f"{dataset}.hdf5"
+    try:
+        ds = load_dataset(path)
+        return float(ds.normalized_score(ds.episode_returns().mean()))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def report(rows: list[dict], out: Path) -> str:
+    """results/table.md (mean ± std over seeds, and the data's own score) and results/table.png from the rows."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    algorithms = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]
+    scores = {(a, d): np.array([r["score"] for r in rows if r["algorithm"] == a and r["dataset"] == d])
+              for a in algorithms for d in datasets}
+    data = {d: data_score(d) for d in datasets}
+    lines = ["| algorithm | updates | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+    for a in algorithms:
+        cells = [f"{x.mean():.1f} ± {x.std():.1f} ({len(x)} seeds)" if len(x) else "—"
+                 for x in (scores[a, d] for d in datasets)]
+        updates = next(r["updates"] for r in rows if r["algorithm"] == a)
+        lines.append(f"| {a} | {updates:,} | " + " | ".join(cells) + " |")
+    lines.append("| *the data* | | " + " | ".join("—" if data[d] is None else f"{data[d]:.1f}" for d in datasets) + " |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    width = 0.8 / len(algorithms)
+    fig, ax = plt.subplots(figsize=(1.2 + 2.2 * len(datasets), 3.6))
+    for i, a in enumerate(algorithms):
+        xs = np.arange(len(datasets)) - 0.4 + (i + 0.5) * width
+        means = [scores[a, d].mean() if len(scores[a, d]) else np.nan for d in datasets]
+        ax.bar(xs, means, width, label=a, color=f"C{i}", alpha=0.8)
+        for x, d in zip(xs, datasets):
+            ax.plot([x] * len(scores[a, d]), scores[a, d], "k.", ms=3)
+    for j, d in enumerate(datasets):
+        if data[d] is not None:
+            ax.hlines(data[d], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1,
+                      label="the data" if j == 0 else None)
+    ax.set_xticks(range(len(datasets)), [d.split("-", 1)[-1] if "-" in d else d for d in datasets])
+    ax.set(ylabel="normalised score", title=f"{datasets[0].split('-')[0]}: mean over seeds (dots: seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "table.png", dpi=120)
+    plt.close(fig)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS_IN_TABLE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="run nothing: rewrite the table and figure")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to every run")
     args = parser.parse_args()
-    jobs = [(a, d, s, args.extra) for a in args.algorithms for d in args.datasets for s in args.seeds]
-    with ProcessPoolExecutor(args.workers) as pool:
-        new = list(pool.map(one, jobs))
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     # merged with earlier rows (a re-run replaces the same algorithm, dataset and seed)
-    old = json.loads((out / "table.json").read_text()) if (out / "table.json").exists() else []
-    done = {(r["algorithm"], r["dataset"], r["seed"]) for r in new}
-    rows = [r for r in old if (r["algorithm"], r["dataset"], r["seed"]) not in done] + new
-    (out / "table.json").write_text(json.dumps(rows, indent=1))
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    lines = ["| algorithm | updates | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
-    for a in [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]:
-        cells = []
-        for d in datasets:
-            scores = np.array([r["score"] for r in rows if r["algorithm"] == a and r["dataset"] == d])
-            cells.append(f"{scores.mean():.1f} ± {scores.std():.1f} ({len(scores)} seeds)" if len(scores) else "—")
-        updates = next(r["updates"] for r in rows if r["algorithm"] == a)
-        lines.append(f"| {a} | {updates:,} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
+    rows = json.loads((out / "table.json").read_text()) if (out / "table.json").exists() else []
+    if not args.report:
+        jobs = [(a, d, s, args.extra) for a in args.algorithms for d in args.datasets for s in args.seeds]
+        with ProcessPoolExecutor(args.workers) as pool:
+            new = list(pool.map(one, jobs))
+        done = {(r["algorithm"], r["dataset"], r["seed"]) for r in new}
+        rows = [r for r in rows if (r["algorithm"], r["dataset"], r["seed"]) not in done] + new
+        (out / "table.json").write_text(json.dumps(rows, indent=1))
+    print(report(rows, out))
 
 
 if __name__ == "__main__":

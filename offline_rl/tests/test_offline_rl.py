@@ -1,5 +1,5 @@
 """offline_rl: losses against hand-computed values, the dataset layouts, learning beats the behaviour policy, resume,
-and the generation protocol end to end at a toy budget."""
+the generation protocol end to end at a toy budget, and the results table."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
-from offline_rl import bc, cql, dt, generate, iql, runner, td3_bc
+from offline_rl import bc, cql, dt, generate, iql, runner, table, td3_bc
 from offline_rl.data import (ARRAYS, OfflineDataset, load_dataset, observation_stats, scale_rewards_by_return_range,
                              write_d4rl)
 from offline_rl.networks import TanhGaussianPolicy, TwinQ
@@ -245,6 +245,18 @@ def test_resume_is_exact(module, extra, pendulum, tmp_path, monkeypatch):
     a = load_file(tmp_path / "straight/checkpoints/00000012/model.safetensors")
     b = load_file(tmp_path / "split/checkpoints/00000012/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_table_report(pendulum, tmp_path):
+    path, behaviour = pendulum
+    rows = [dict(algorithm="iql", dataset=str(path), seed=s, updates=10, score=x, seconds=1.0)
+            for s, x in enumerate([10.0, 20.0, 30.0])]
+    rows.append(dict(algorithm="bc", dataset="nowhere-medium", seed=0, updates=5, score=7.0, seconds=1.0))
+    md = table.report(rows, tmp_path)
+    assert "| bc | 5 | — | 7.0 ± 0.0 (1 seeds) |" in md  # rows in the order of ALGORITHMS, not of the runs
+    assert md.index("| bc |") < md.index("| iql | 10 | 20.0 ± 8.2 (3 seeds) | — |")
+    assert f"| *the data* | | {behaviour / 10:.1f} | — |" in md  # references 0 and 1000: score = return / 10
+    assert (tmp_path / "table.md").read_text() == md + "\n" and (tmp_path / "table.png").stat().st_size > 10_000
 
 
 def test_generate_protocol_at_toy_budget(tmp_path):
