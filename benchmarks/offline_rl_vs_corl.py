@@ -11,6 +11,9 @@ for the D4RL locomotion configs (IQL: Gaussian actor, 2×256 networks; CQL: 3×2
 `default` presets with the same sizes. Both train on the generated default dataset (or random tensors if it is
 absent). The two sides alternate in blocks of `block` updates; a ratio is taken for each adjacent pair of blocks
 and the median reported, so the drifting speed of this shared machine moves both sides of every ratio alike.
+Each side's matrix-product FLOPs per update are counted (torch's FlopCounterMode, forward and backward) and
+reported with the rate they are achieved at, beside the rate of a lone 256×256×256 product on the same device:
+where both sides already run near that rate, no rewrite of the same arithmetic can be much faster.
 Nothing from CORL is copied into this repository: the checkout is read at run time.
 """
 
@@ -24,10 +27,12 @@ import time
 import types
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from _results import paired_ratios, save_table  # noqa: E402
 from offline_rl import cql, iql  # noqa: E402
@@ -93,6 +98,28 @@ def dataset() -> OfflineDataset:
                           terminals=np.zeros(n, bool), timeouts=np.zeros(n, bool), env_id=None)
 
 
+def gflop(fn: Callable[[], object]) -> float:
+    """Matrix-product GFLOP of one call of `fn`, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device: str, size: int = 256, repeats: int = 200) -> float:
+    """GFLOP/s of a lone size³ float32 matrix product: the ceiling for updates made of such products."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    for _ in range(10):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corl", type=Path, required=True, help="a checkout of github.com/corl-team/CORL")
@@ -129,21 +156,26 @@ def main() -> None:
             return block / (time.perf_counter() - start)
 
         timed(ours.update), timed(corl_update)  # warm-up
+        flops = gflop(ours.update), gflop(corl_update)
         a, b = [], []
         for _ in range(pairs):
             a.append(timed(ours.update))
             b.append(timed(corl_update))
-        rows.append((name, paired_ratios(a, b)))
+        rows.append((name, paired_ratios(a, b), flops))
     where = torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)"
     header = (f"updates per second, batch 256, {where}, torch {torch.__version__}; "
-              f"{pairs} alternating pairs of blocks, the ratio taken within each pair")
-    save_table("offline_rl_vs_corl", header, ["algorithm", "ours (updates/s)", "CORL (updates/s)",
-                                              "ours / CORL, median", "range"],
-               [(n, f"{r['ours']:.1f}", f"{r['theirs']:.1f}", f"**{r['ratio']:.2f}x**", f"{r['lo']:.2f}-{r['hi']:.2f}")
-                for n, r in rows],
-               ["algorithm", "ours_updates_per_s", "corl_updates_per_s", "ratio_median", "ratio_min", "ratio_max"],
-               [(n, f"{r['ours']:.2f}", f"{r['theirs']:.2f}", f"{r['ratio']:.3f}", f"{r['lo']:.3f}", f"{r['hi']:.3f}")
-                for n, r in rows])
+              f"{pairs} alternating pairs of blocks, the ratio taken within each pair; matrix-product GFLOP per "
+              f"update and the rate achieved (a lone 256×256×256 product: {matmul_gflops(args.device):.0f} GFLOP/s)")
+    save_table("offline_rl_vs_corl", header,
+               ["algorithm", "ours (updates/s)", "CORL (updates/s)", "ours / CORL, median", "range",
+                "GFLOP/update, ours / CORL", "GFLOP/s, ours / CORL"],
+               [(n, f"{r['ours']:.1f}", f"{r['theirs']:.1f}", f"**{r['ratio']:.2f}x**", f"{r['lo']:.2f}-{r['hi']:.2f}",
+                 f"{f[0]:.2f} / {f[1]:.2f}", f"{f[0] * r['ours']:.0f} / {f[1] * r['theirs']:.0f}")
+                for n, r, f in rows],
+               ["algorithm", "ours_updates_per_s", "corl_updates_per_s", "ratio_median", "ratio_min", "ratio_max",
+                "ours_gflop_per_update", "corl_gflop_per_update"],
+               [(n, f"{r['ours']:.2f}", f"{r['theirs']:.2f}", f"{r['ratio']:.3f}", f"{r['lo']:.3f}", f"{r['hi']:.3f}",
+                 f"{f[0]:.3f}", f"{f[1]:.3f}") for n, r, f in rows])
 
 
 if __name__ == "__main__":
