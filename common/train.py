@@ -265,7 +265,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
 
 
 def plot_metrics(run_dir: str | Path, keys: tuple[str, ...] = ("loss",), out: str | Path | None = None) -> Path:
-    """A PNG of the logged `keys` against the step (log scale for losses), next to `metrics.jsonl` by default."""
+    """A PNG of the logged `keys` against the step (log scale for losses, symlog where one is ≤ 0), next to
+    `metrics.jsonl` by default."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -273,8 +274,9 @@ def plot_metrics(run_dir: str | Path, keys: tuple[str, ...] = ("loss",), out: st
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points))
-        ax.set(xlabel="step", title=key, yscale="log" if "loss" in key else "linear")
+        ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, ms=3)  # sparse ones (evaluations) as dots
+        log = "log" if all(v > 0 for _, v in points) else "symlog"  # some losses go negative (−log-likelihoods)
+        ax.set(xlabel="step", title=key, yscale=log if "loss" in key else "linear")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out or Path(run_dir) / "metrics.png")

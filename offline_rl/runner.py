@@ -29,7 +29,8 @@ from torch import nn
 
 from common.config import to_dict
 from common.data import write_json_atomic
-from common.train import Logger, last_checkpoint, load_checkpoint, save_checkpoint, seed_everything
+from common.train import (Logger, last_checkpoint, load_checkpoint, plot_metrics, read_metrics, save_checkpoint,
+                          seed_everything)
 
 from offline_rl.data import OfflineDataset, evaluate, load_dataset, normalize_observations, observation_stats
 
@@ -152,6 +153,11 @@ def run(cfg: RunConfig, algorithm: str, build: Callable[[OfflineDataset], nn.Mod
         if step % cfg.checkpoint_every == 0 or step == cfg.updates:
             save_checkpoint(run_dir, step, agent, meta, optimizers, schedulers)
     logger.close()
+    logged = {k for row in read_metrics(run_dir) for k in row}  # the losses and the score, beside metrics.jsonl
+    curves = sorted(k for k in logged if k.startswith("loss")) + [k for k in ("score_mean", "return_mean")
+                                                                   if k in logged][:1]
+    if curves:
+        plot_metrics(run_dir, tuple(curves))
     results = dict(meta, history=history, final=history[-1] if history else None,
                    seconds=time.perf_counter() - start)
     write_json_atomic(results_path, results)

@@ -222,6 +222,7 @@ def test_few_hundred_updates_beat_the_behaviour_policy(module, pendulum, tmp_pat
     results = module.main(["--dataset", str(path), "--updates", "300", "--eval_every", "300",
                            "--checkpoint_every", "300", "--eval_episodes", "3", "--run_dir", str(tmp_path)])
     assert results["final"]["return_mean"] > 2 * behaviour, (results["final"], behaviour)
+    assert (tmp_path / "metrics.png").stat().st_size > 10_000  # the loss and score curves
 
 
 @pytest.mark.parametrize("module,extra", [(iql, []), (cql, ["--bc_steps", "5", "--lagrange"]), (td3_bc, []), (bc, []),
