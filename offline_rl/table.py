@@ -50,7 +50,8 @@ def data_score(dataset: str) -> float | None:
 
 def report(rows: list[dict], out: Path) -> str:
     """results/table.md (mean ± std over seeds, and the data's own score) and results/table.png from the rows."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))  # the default ones first, in D4RL's order
+    datasets.sort(key=lambda d: DATASETS_IN_TABLE.index(d) if d in DATASETS_IN_TABLE else len(DATASETS_IN_TABLE))
     algorithms = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]
     scores = {(a, d): np.array([r["score"] for r in rows if r["algorithm"] == a and r["dataset"] == d])
               for a in algorithms for d in datasets}
