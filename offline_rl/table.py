@@ -62,7 +62,8 @@ def report(rows: list[dict], out: Path) -> str:
                  for x in (scores[a, d] for d in datasets)]
         updates = next(r["updates"] for r in rows if r["algorithm"] == a)
         lines.append(f"| {a} | {updates:,} | " + " | ".join(cells) + " |")
-    lines.append("| *the data* | | " + " | ".join("—" if data[d] is None else f"{data[d]:.1f}" for d in datasets) + " |")
+    lines.append("| *the data* | | " + " | ".join("—" if data[d] is None else f"{data[d]:.1f}" for d in datasets)
+                 + " |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
 
@@ -111,6 +112,8 @@ def main() -> None:
         done = {(r["algorithm"], r["dataset"], r["seed"]) for r in new}
         rows = [r for r in rows if (r["algorithm"], r["dataset"], r["seed"]) not in done] + new
         (out / "table.json").write_text(json.dumps(rows, indent=1))
+    if not rows:
+        raise SystemExit(f"no runs in {out / 'table.json'}: run table.py without --report first")
     print(report(rows, out))
 
 
