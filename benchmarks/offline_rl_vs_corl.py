@@ -4,27 +4,25 @@
     python benchmarks/offline_rl_vs_corl.py --corl ... --quick          # fewer timed blocks
     python benchmarks/offline_rl_vs_corl.py --corl ... --device cpu     # the CPU even where a GPU is present
 
-CORL's files import d4rl, gym, pyrallis and wandb at the top; those are replaced by empty stand-ins (only CORL's
-`train()` entry point uses them, and it is not called). Its trainers are built exactly as its `train()` builds them
-for the D4RL locomotion configs (IQL: Gaussian actor, 2×256 networks; CQL: 3×256 orthogonally initialised critics,
-10 sampled actions per source, α_cql = 10, no BC warm-up) and fed CORL's batch format; ours are built from their
-`default` presets with the same sizes. Both train on the generated default dataset (or random tensors if it is
-absent). The two sides alternate in blocks of `block` updates; a ratio is taken for each adjacent pair of blocks
-and the median reported, so the drifting speed of this shared machine moves both sides of every ratio alike.
-Each side's matrix-product FLOPs per update are counted (torch's FlopCounterMode, forward and backward) and
-reported with the rate they are achieved at, beside the rate of a lone 256×256×256 product on the same device:
-where both sides already run near that rate, no rewrite of the same arithmetic can be much faster.
-Nothing from CORL is copied into this repository: the checkout is read at run time.
+CORL's files import d4rl, gym, pyrallis and wandb at the top; `offline_rl.tools.corl_reference.load_corl` puts
+empty stand-ins in their place (only CORL's `train()` entry point uses them, and it is not called). Its trainers
+are built exactly as its `train()` builds them for the D4RL locomotion configs (IQL: Gaussian actor, 2×256
+networks; CQL: 3×256 orthogonally initialised critics, 10 sampled actions per source, α_cql = 10, no BC warm-up)
+and fed CORL's batch format; ours are built from their `default` presets with the same sizes. Both train on the
+generated default dataset (or random tensors if it is absent). The two sides alternate in blocks of `block`
+updates; a ratio is taken for each adjacent pair of blocks and the median reported, so the drifting speed of this
+shared machine moves both sides of every ratio alike. Each side's matrix-product FLOPs per update are counted
+(torch's FlopCounterMode, forward and backward) and reported with the rate they are achieved at, beside the rate
+of a lone 256×256×256 product on the same device: where both sides already run near that rate, no rewrite of the
+same arithmetic can be much faster. Nothing from CORL is copied into this repository: the checkout is read at run
+time.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -37,29 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from _results import paired_ratios, save_table  # noqa: E402
 from offline_rl import cql, iql  # noqa: E402
 from offline_rl.data import OfflineDataset, load_dataset  # noqa: E402
+from offline_rl.tools.corl_reference import load_corl  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).parents[1] / "offline_rl/datasets/inverted_double_pendulum-medium.hdf5"
-
-
-def load_corl(corl: Path, name: str):
-    """Import CORL's algorithms/offline/<name>.py under the name corl_<name>, with stand-ins for its imports."""
-    gym = types.ModuleType("gym")
-    gym.Env, gym.wrappers = type("Env", (), {}), types.SimpleNamespace()
-    pyrallis = types.ModuleType("pyrallis")
-    pyrallis.wrap, pyrallis.dump = (lambda *a, **k: (lambda f: f)), (lambda *a, **k: None)
-    wandb = types.ModuleType("wandb")
-    wandb.init = wandb.log = lambda *a, **k: None
-    for mod_name, mod in (("gym", gym), ("d4rl", types.ModuleType("d4rl")), ("pyrallis", pyrallis),
-                          ("wandb", wandb)):
-        sys.modules.setdefault(mod_name, mod)
-    path = corl / "algorithms" / "offline" / f"{name}.py"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: --corl must point at a checkout of github.com/corl-team/CORL")
-    spec = importlib.util.spec_from_file_location(f"corl_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def corl_iql(m, obs_dim: int, act_dim: int, max_steps: int, device: str):

@@ -1,23 +1,26 @@
-"""offline_rl: losses against hand-computed values, the dataset layouts, learning beats the behaviour policy, resume,
-the generation protocol end to end at a toy budget, and the results table."""
+"""offline_rl: losses against hand-computed values, IQL and TD3+BC updates against CORL's (a fixture), the dataset
+layouts, learning beats the behaviour policy, resume, the generation protocol end to end at a toy budget, and the
+results table."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
 from offline_rl import bc, cql, dt, generate, iql, runner, table, td3_bc
 from offline_rl.data import (ARRAYS, OfflineDataset, load_dataset, observation_stats, scale_rewards_by_return_range,
                              write_d4rl)
-from offline_rl.networks import TanhGaussianPolicy, TwinQ
+from offline_rl.networks import EnsembleLinear, TanhGaussianPolicy, TwinQ
 
 torch.set_num_threads(1)
 
@@ -196,6 +199,94 @@ def test_write_d4rl_round_trip_and_normalisation(tmp_path):
     assert np.allclose(scale_rewards_by_return_range(ds).rewards, rew * 1000 / 3)
     top = bc.top_episodes(ds, 0.5)
     assert np.array_equal(top.rewards, [4.0, 5.0])  # the better episode only
+
+
+# ----------------------------------------------------------------------------------------------- parity with CORL
+CORL_FIXTURE = Path(__file__).parent / "fixtures" / "corl_updates.safetensors"
+
+
+def _part(tensors: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix + "."): v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _twin_from_corl(q: TwinQ, critics: list[dict]) -> None:
+    """CORL's critics are separate MLPs (`net.0/2/4`, nn.Linear weights (out, in)); ours one stacked ensemble."""
+    with torch.no_grad():
+        for i, layer in enumerate(m for m in q.net if isinstance(m, EnsembleLinear)):
+            for member, critic in enumerate(critics):
+                layer.weight[member] = critic[f"net.{2 * i}.weight"].T
+                layer.bias[member, 0] = critic[f"net.{2 * i}.bias"]
+
+
+def _twin_to_corl(q: TwinQ) -> list[dict]:
+    layers = [m for m in q.net if isinstance(m, EnsembleLinear)]
+    return [{k: v for i, layer in enumerate(layers) for k, v in ((f"net.{2 * i}.weight", layer.weight[member].T),
+                                                                  (f"net.{2 * i}.bias", layer.bias[member, 0]))}
+            for member in range(q.size)]
+
+
+def _assert_close(ours: dict, theirs: dict, what: str) -> None:
+    assert ours.keys() == theirs.keys(), (what, sorted(ours), sorted(theirs))
+    for k in theirs:
+        assert torch.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-6), (what, k, (ours[k] - theirs[k]).abs().max())
+
+
+def _fixture_agent(module, cfg, tensors: dict, prefix: str):
+    """Our agent at the fixture's sizes, its batches replaced by the fixture's (in order)."""
+    rows = 16
+    ds = OfflineDataset(observations=np.zeros((rows, 5), np.float32), actions=np.zeros((rows, 2), np.float32),
+                        rewards=np.zeros(rows, np.float32), next_observations=np.zeros((rows, 5), np.float32),
+                        terminals=np.zeros(rows, bool), timeouts=np.zeros(rows, bool))
+    agent = module(cfg, ds)
+    batches = iter([tuple(tensors[f"{prefix}.batch{k}.{name}"]
+                          for name in ("obs", "actions", "rewards", "next_obs", "dones")) for k in range(10)
+                    if f"{prefix}.batch{k}.obs" in tensors])
+    agent.buffer.sample = lambda batch_size: next(batches)
+    return agent
+
+
+def test_iql_updates_match_corl():
+    """Three IQL updates from the same weights on the same batches: every loss and every parameter afterwards
+    (the target critics included) equal CORL's `ImplicitQLearning.train` to float precision. The fixture is
+    written by offline_rl/tools/corl_reference.py from a CORL checkout (fixtures/README.md)."""
+    t = load_file(CORL_FIXTURE)
+    agent = _fixture_agent(iql.IQL, replace(iql.PRESETS["default"], hidden=32, updates=3, normalize_reward=False),
+                           t, "iql")
+    _twin_from_corl(agent.q, [_part(t, "iql.init.q.q1"), _part(t, "iql.init.q.q2")])
+    agent.q_target.load_state_dict(agent.q.state_dict())
+    agent.v.load_state_dict({k.removeprefix("v.net."): v for k, v in _part(t, "iql.init.v").items()})
+    agent.actor.load_state_dict({k.replace("net.net.", "net."): v for k, v in _part(t, "iql.init.actor").items()})
+    losses = [[float(m[k]) for k in ("loss_v", "loss_q", "loss_pi")] for m in (agent.update() for _ in range(3))]
+    assert np.allclose(losses, t["iql.losses"].numpy(), rtol=1e-5, atol=0), (losses, t["iql.losses"])
+    for name, q in (("q", agent.q), ("q_target", agent.q_target)):
+        ours = {f"q{i + 1}.{k}": v for i, member in enumerate(_twin_to_corl(q)) for k, v in member.items()}
+        _assert_close(ours, _part(t, f"iql.final.{name}"), name)
+    _assert_close({f"v.net.{k}": v for k, v in agent.v.state_dict().items()}, _part(t, "iql.final.v"), "v")
+    _assert_close({k.replace("net.", "net.net.", 1): v for k, v in agent.actor.state_dict().items()},
+                  _part(t, "iql.final.actor"), "actor")
+
+
+def test_td3_bc_updates_match_corl():
+    """Four TD3+BC updates (two with the delayed actor step) from the same weights, batches and target-smoothing
+    noise (the same RNG seed before each): every loss and parameter, targets included, equal CORL's
+    `TD3_BC.train`."""
+    t = load_file(CORL_FIXTURE)
+    agent = _fixture_agent(td3_bc.TD3BC, replace(td3_bc.PRESETS["default"], hidden=32), t, "td3_bc")
+    agent.actor.load_state_dict(_part(t, "td3_bc.init.actor"))
+    agent.actor_target.load_state_dict(agent.actor.state_dict())
+    _twin_from_corl(agent.q, [_part(t, "td3_bc.init.critic_1"), _part(t, "td3_bc.init.critic_2")])
+    agent.q_target.load_state_dict(agent.q.state_dict())
+    for k, (critic_loss, actor_loss) in enumerate(t["td3_bc.losses"].tolist()):
+        torch.manual_seed(100 + k)
+        m = agent.update()
+        assert m["loss_q"] == pytest.approx(critic_loss, rel=1e-5)
+        if not math.isnan(actor_loss):
+            assert float(m["loss_pi"]) == pytest.approx(actor_loss, rel=1e-5)
+    for ours, theirs in ((agent.actor, "actor"), (agent.actor_target, "actor_target")):
+        _assert_close(ours.state_dict(), _part(t, f"td3_bc.final.{theirs}"), theirs)
+    for q, names in ((agent.q, ("critic_1", "critic_2")), (agent.q_target, ("critic_1_target", "critic_2_target"))):
+        for member, name in zip(_twin_to_corl(q), names):
+            _assert_close(member, _part(t, f"td3_bc.final.{name}"), name)
 
 
 # -------------------------------------------------------------------------------------------- learning end to end

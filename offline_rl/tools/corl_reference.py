@@ -1,0 +1,146 @@
+"""CORL's side of offline_rl's parity test: CORL's own IQL and TD3+BC updates, imported from a checkout of
+github.com/corl-team/CORL at run time, on fixed random weights and batches, written as a safetensors fixture.
+
+    python offline_rl/tools/corl_reference.py --corl /path/to/CORL   # -> offline_rl/tests/fixtures/corl_updates.safetensors
+
+The test (`test_updates_match_corl`) loads the same initial weights into our agents through the layout mapping,
+feeds the same batches, and compares the losses of every update and every parameter afterwards (targets
+included), so it needs no CORL checkout. Nothing from CORL is copied into this repository.
+
+What is run, per algorithm (obs_dim 5, act_dim 2, batch 16, hidden width 32, everything else CORL's defaults):
+* IQL: CORL's `TwinQ`, `ValueFunction`, `GaussianPolicy` (built at hidden_dim 32) and `ImplicitQLearning` with
+  expectile 0.7, β = 3, discount 0.99, τ 0.005, Adam 3e-4 on all three, the actor's cosine schedule over
+  max_steps = 3; three `train()` calls.
+* TD3+BC: CORL's `Actor` / `Critic` hard-code width 256, so their `net` is rebuilt at width 32 with the same layers
+  (Linear-ReLU-Linear-ReLU-Linear, and the actor's Tanh); their `forward` (concatenation, max_action = 1) and
+  `TD3_BC.train` are CORL's. α 2.5, policy noise 0.2 clipped at 0.5, policy_freq 2, Adam 3e-4; four `train()`
+  calls, each after `torch.manual_seed(100 + k)` so that the target-smoothing noise can be drawn again here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "corl_updates.safetensors"
+OBS_DIM, ACT_DIM, BATCH, HIDDEN = 5, 2, 16, 32
+IQL_UPDATES, TD3_UPDATES = 3, 4
+
+
+def load_corl(corl: Path, name: str) -> types.ModuleType:
+    """Import CORL's algorithms/offline/<name>.py as corl_<name>, with empty stand-ins for d4rl, gym, pyrallis and
+    wandb (only CORL's `train()` entry point uses them, and nothing here calls it)."""
+    gym = types.ModuleType("gym")
+    gym.Env, gym.wrappers = type("Env", (), {}), types.SimpleNamespace()
+    pyrallis = types.ModuleType("pyrallis")
+    pyrallis.wrap, pyrallis.dump = (lambda *a, **k: (lambda f: f)), (lambda *a, **k: None)
+    wandb = types.ModuleType("wandb")
+    wandb.init = wandb.log = lambda *a, **k: None
+    for mod_name, mod in (("gym", gym), ("d4rl", types.ModuleType("d4rl")), ("pyrallis", pyrallis),
+                          ("wandb", wandb)):
+        sys.modules.setdefault(mod_name, mod)
+    path = corl / "algorithms" / "offline" / f"{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: --corl must point at a checkout of github.com/corl-team/CORL")
+    spec = importlib.util.spec_from_file_location(f"corl_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def batches(seed: int, n: int) -> list[dict[str, torch.Tensor]]:
+    """n random batches: observations N(0, 1), actions U(−1, 1), rewards N(0, 1), dones with probability 0.2."""
+    g = torch.Generator().manual_seed(seed)
+    return [dict(obs=torch.randn(BATCH, OBS_DIM, generator=g),
+                 actions=torch.rand(BATCH, ACT_DIM, generator=g) * 2 - 1,
+                 rewards=torch.randn(BATCH, generator=g),
+                 next_obs=torch.randn(BATCH, OBS_DIM, generator=g),
+                 dones=(torch.rand(BATCH, generator=g) < 0.2).float()) for _ in range(n)]
+
+
+def as_corl(b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """CORL's batch: a list, with rewards and dones as (B, 1)."""
+    return [b["obs"], b["actions"], b["rewards"][:, None], b["next_obs"], b["dones"][:, None]]
+
+
+def named(prefix: str, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{m}.{k}": v.detach().clone() for m, module in modules.items()
+            for k, v in module.state_dict().items()}
+
+
+def iql_fixture(corl: Path) -> dict[str, torch.Tensor]:
+    m = load_corl(corl, "iql")
+    torch.manual_seed(0)
+    q, v = m.TwinQ(OBS_DIM, ACT_DIM, hidden_dim=HIDDEN), m.ValueFunction(OBS_DIM, hidden_dim=HIDDEN)
+    actor = m.GaussianPolicy(OBS_DIM, ACT_DIM, 1.0, hidden_dim=HIDDEN, dropout=None)
+    out = named("iql.init", dict(q=q, v=v, actor=actor))
+    trainer = m.ImplicitQLearning(
+        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
+        q_network=q, q_optimizer=torch.optim.Adam(q.parameters(), lr=3e-4),
+        v_network=v, v_optimizer=torch.optim.Adam(v.parameters(), lr=3e-4),
+        iql_tau=0.7, beta=3.0, max_steps=IQL_UPDATES, discount=0.99, tau=0.005, device="cpu")
+    losses = []
+    for k, b in enumerate(batches(1, IQL_UPDATES)):
+        out.update({f"iql.batch{k}.{name}": t for name, t in b.items()})
+        log = trainer.train(as_corl(b))
+        losses.append([log["value_loss"], log["q_loss"], log["actor_loss"]])
+    out["iql.losses"] = torch.tensor(losses, dtype=torch.float64)  # (update, [V, Q, π])
+    out.update(named("iql.final", dict(q=q, q_target=trainer.q_target, v=v, actor=actor)))
+    return out
+
+
+def td3_bc_fixture(corl: Path) -> dict[str, torch.Tensor]:
+    m = load_corl(corl, "td3_bc")
+    torch.manual_seed(0)
+    actor, critic_1, critic_2 = m.Actor(OBS_DIM, ACT_DIM, 1.0), m.Critic(OBS_DIM, ACT_DIM), m.Critic(OBS_DIM, ACT_DIM)
+    actor.net = nn.Sequential(nn.Linear(OBS_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+                              nn.Linear(HIDDEN, ACT_DIM), nn.Tanh())
+    for critic in (critic_1, critic_2):
+        critic.net = nn.Sequential(nn.Linear(OBS_DIM + ACT_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN),
+                                   nn.ReLU(), nn.Linear(HIDDEN, 1))
+    out = named("td3_bc.init", dict(actor=actor, critic_1=critic_1, critic_2=critic_2))
+    trainer = m.TD3_BC(
+        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
+        critic_1=critic_1, critic_1_optimizer=torch.optim.Adam(critic_1.parameters(), lr=3e-4),
+        critic_2=critic_2, critic_2_optimizer=torch.optim.Adam(critic_2.parameters(), lr=3e-4),
+        discount=0.99, tau=0.005, policy_noise=0.2, noise_clip=0.5, policy_freq=2, alpha=2.5, device="cpu")
+    losses = []
+    for k, b in enumerate(batches(2, TD3_UPDATES)):
+        out.update({f"td3_bc.batch{k}.{name}": t for name, t in b.items()})
+        torch.manual_seed(100 + k)  # the target-smoothing noise
+        log = trainer.train(as_corl(b))
+        losses.append([log["critic_loss"], log.get("actor_loss", float("nan"))])
+    out["td3_bc.losses"] = torch.tensor(losses, dtype=torch.float64)  # (update, [critics, actor or NaN])
+    out.update(named("td3_bc.final", dict(actor=actor, critic_1=critic_1, critic_2=critic_2,
+                                          actor_target=trainer.actor_target, critic_1_target=trainer.critic_1_target,
+                                          critic_2_target=trainer.critic_2_target)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corl", type=Path, required=True, help="a checkout of github.com/corl-team/CORL")
+    parser.add_argument("--out", type=Path, default=FIXTURE)
+    args = parser.parse_args()
+    from safetensors.torch import save_file
+    torch.set_num_threads(1)
+    tensors = {k: v.contiguous() for k, v in {**iql_fixture(args.corl), **td3_bc_fixture(args.corl)}.items()}
+    head = subprocess.run(["git", "-C", str(args.corl), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    meta = dict(obs_dim=OBS_DIM, act_dim=ACT_DIM, batch=BATCH, hidden=HIDDEN, iql_updates=IQL_UPDATES,
+                td3_updates=TD3_UPDATES, torch=torch.__version__, corl_commit=head.strip())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, args.out, metadata={"config": json.dumps(meta)})
+    print(f"wrote {args.out}: {len(tensors)} tensors, {sum(v.numel() for v in tensors.values()):,} numbers")
+
+
+if __name__ == "__main__":
+    main()
