@@ -90,6 +90,7 @@ class CQL(nn.Module):
         cfg, n = self.cfg, self.cfg.n_actions
         obs, actions, rewards, next_obs, dones = self.buffer.sample(cfg.batch_size)
         b = obs.shape[0]
+        # Every loss comes from the networks as they are before this update's steps, as in the CQL code and CORL.
 
         # SAC's temperature and actor (behaviour cloning for the first bc_steps)
         new_actions, log_pi = self.actor(obs)
@@ -99,8 +100,6 @@ class CQL(nn.Module):
             loss_pi = (alpha * log_pi - self.actor.log_prob(obs, actions)).mean()
         else:
             loss_pi = (alpha * log_pi - self.q(obs, new_actions).min(0).values).mean()
-        sgd_step(self.optimizers["alpha"], loss_alpha)
-        sgd_step(self.optimizers["actor"], loss_pi)
 
         # TD target from the target critics (optionally SAC's soft backup)
         with torch.no_grad():
@@ -109,12 +108,12 @@ class CQL(nn.Module):
             if cfg.backup_entropy:
                 next_q = next_q - alpha * next_log_pi
             target = rewards + cfg.discount * (1.0 - dones) * next_q
-            # the 3N importance samples: uniform, π(·|s), π(·|s'); the policy ones from one actor pass per state
-            # (CORL runs the actor on each state repeated N times: N times the FLOPs for the same distribution)
+            # the 3N importance samples, drawn in CORL's order: uniform, π(·|s), π(·|s'); the policy ones from one
+            # actor pass per state (CORL runs the actor on each state repeated N times: N times the FLOPs)
+            uniform = torch.rand(b, n, self.act_dim, device=obs.device) * 2 - 1
             policy_actions, policy_log_pi = self.actor(torch.cat([obs, next_obs]), samples=n)  # (2B, N, A)
             current, following = policy_actions[:b], policy_actions[b:]
             current_log_pi, following_log_pi = policy_log_pi[:b], policy_log_pi[b:]
-            uniform = torch.rand(b, n, self.act_dim, device=obs.device) * 2 - 1
             log_density = torch.cat([torch.full((b, n), self.act_dim * math.log(0.5), device=obs.device),
                                      following_log_pi, current_log_pi], dim=1)
         # one batched critic pass: the dataset action and the 3N samples, all at s (CQL evaluates π(·|s') at s)
@@ -131,11 +130,14 @@ class CQL(nn.Module):
         else:
             conservative = cfg.cql_alpha * gap
         loss_q = loss_td + conservative.sum()
+
+        sgd_step(self.optimizers["alpha"], loss_alpha)
+        sgd_step(self.optimizers["actor"], loss_pi)  # also leaves gradients on the critics: the next step clears them
         sgd_step(self.optimizers["q"], loss_q)
         soft_update(self.q_target, self.q, cfg.tau)
         self.steps += 1
         return dict(loss_q=loss_td.detach(), gap=gap.detach().mean(), loss_pi=loss_pi.detach(), alpha=alpha,
-                    q=q_data.detach().mean())
+                    loss_alpha=loss_alpha.detach(), q=q_data.detach().mean())
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -289,6 +289,31 @@ def test_td3_bc_updates_match_corl():
             _assert_close(member, _part(t, f"td3_bc.final.{name}"), name)
 
 
+def test_cql_updates_match_corl():
+    """Three CQL updates from the same weights and batches, with the RNG seeded alike before each: our update draws
+    the same random numbers in CORL's order, so the actor, temperature, TD and conservative losses and every
+    parameter afterwards (target critics and log α included) equal CORL's `ContinuousCQL.train`."""
+    t = load_file(CORL_FIXTURE)
+    agent = _fixture_agent(cql.CQL, replace(cql.PRESETS["default"], hidden=32), t, "cql")
+
+    def from_corl(tensors: dict) -> dict:
+        return {k.replace("base_network.", "net.").replace("network.", "net.").removesuffix(".constant"): v
+                for k, v in tensors.items()}
+    agent.actor.load_state_dict(from_corl(_part(t, "cql.init.actor")))
+    _twin_from_corl(agent.q, [from_corl(_part(t, "cql.init.critic_1")), from_corl(_part(t, "cql.init.critic_2"))])
+    agent.q_target.load_state_dict(agent.q.state_dict())
+    for k, theirs in enumerate(t["cql.losses"].tolist()):
+        torch.manual_seed(200 + k)
+        m = agent.update()
+        ours = [float(m[name]) for name in ("loss_pi", "loss_alpha", "loss_q", "gap")]
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-8), (k, ours, theirs)
+    _assert_close(agent.actor.state_dict(), from_corl(_part(t, "cql.final.actor")), "actor")
+    for q, names in ((agent.q, ("critic_1", "critic_2")), (agent.q_target, ("critic_1_target", "critic_2_target"))):
+        for member, name in zip(_twin_to_corl(q), names):
+            _assert_close(member, from_corl(_part(t, f"cql.final.{name}")), name)
+    assert torch.allclose(agent.log_alpha, t["cql.final.log_alpha.constant"], rtol=1e-5, atol=1e-8)
+
+
 # -------------------------------------------------------------------------------------------- learning end to end
 def _pendulum_dataset(path, steps=4000, noise=0.5, seed=0):
     """InvertedPendulum-v5 rolled out by a stabilising linear controller with Gaussian action noise: the behaviour

@@ -1,4 +1,4 @@
-"""CORL's side of offline_rl's parity test: CORL's own IQL and TD3+BC updates, imported from a checkout of
+"""CORL's side of offline_rl's parity tests: CORL's own IQL, TD3+BC and CQL updates, imported from a checkout of
 github.com/corl-team/CORL at run time, on fixed random weights and batches, written as a safetensors fixture.
 
     python offline_rl/tools/corl_reference.py --corl /path/to/CORL   # -> offline_rl/tests/fixtures/corl_updates.safetensors
@@ -15,6 +15,12 @@ What is run, per algorithm (obs_dim 5, act_dim 2, batch 16, hidden width 32, eve
   (Linear-ReLU-Linear-ReLU-Linear, and the actor's Tanh); their `forward` (concatenation, max_action = 1) and
   `TD3_BC.train` are CORL's. α 2.5, policy noise 0.2 clipped at 0.5, policy_freq 2, Adam 3e-4; four `train()`
   calls, each after `torch.manual_seed(100 + k)` so that the target-smoothing noise can be drawn again here.
+* CQL: CORL's `FullyConnectedQFunction` (orthogonal init) and `TanhGaussianPolicy`, their `network` /
+  `base_network` rebuilt at width 32 (three hidden layers, CORL's `init_module_weights`), and `ContinuousCQL` with
+  the locomotion config of benchmarks/offline_rl_vs_corl.py (α_cql 10, 10 actions per source, importance
+  sampling, automatic entropy, actor 3e-5, critics 3e-4); three `train()` calls, each after
+  `torch.manual_seed(200 + k)`: our update draws the same random numbers in the same order (the policy sample for
+  the actor loss, the next action, the uniform actions, the policy samples at s then at s').
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from torch import nn
 
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "corl_updates.safetensors"
 OBS_DIM, ACT_DIM, BATCH, HIDDEN = 5, 2, 16, 32
-IQL_UPDATES, TD3_UPDATES = 3, 4
+IQL_UPDATES, TD3_UPDATES, CQL_UPDATES = 3, 4, 3
 
 
 def load_corl(corl: Path, name: str) -> types.ModuleType:
@@ -126,6 +132,42 @@ def td3_bc_fixture(corl: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def cql_fixture(corl: Path) -> dict[str, torch.Tensor]:
+    m = load_corl(corl, "cql")
+    torch.manual_seed(0)
+    critics = [m.FullyConnectedQFunction(OBS_DIM, ACT_DIM, True, 3) for _ in range(2)]
+    actor = m.TanhGaussianPolicy(OBS_DIM, ACT_DIM, 1.0, log_std_multiplier=1.0, orthogonal_init=True)
+    for critic in critics:  # CORL hard-codes width 256: the same layers at 32, initialised by CORL's function
+        critic.network = nn.Sequential(nn.Linear(OBS_DIM + ACT_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN),
+                                       nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+        m.init_module_weights(critic.network, True)
+    actor.base_network = nn.Sequential(nn.Linear(OBS_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+                                       nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * ACT_DIM))
+    m.init_module_weights(actor.base_network)
+    out = named("cql.init", dict(actor=actor, critic_1=critics[0], critic_2=critics[1]))
+    trainer = m.ContinuousCQL(
+        critic_1=critics[0], critic_1_optimizer=torch.optim.Adam(critics[0].parameters(), 3e-4),
+        critic_2=critics[1], critic_2_optimizer=torch.optim.Adam(critics[1].parameters(), 3e-4),
+        actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-5),
+        target_entropy=-float(ACT_DIM), discount=0.99, alpha_multiplier=1.0, use_automatic_entropy_tuning=True,
+        backup_entropy=False, policy_lr=3e-5, qf_lr=3e-4, soft_target_update_rate=5e-3, bc_steps=0,
+        target_update_period=1, cql_n_actions=10, cql_importance_sample=True, cql_lagrange=False,
+        cql_target_action_gap=-1.0, cql_temp=1.0, cql_alpha=10.0, cql_max_target_backup=False,
+        cql_clip_diff_min=-float("inf"), cql_clip_diff_max=float("inf"), device="cpu")
+    losses = []
+    for k, b in enumerate(batches(3, CQL_UPDATES)):
+        out.update({f"cql.batch{k}.{name}": t for name, t in b.items()})
+        torch.manual_seed(200 + k)  # the policy samples and the uniform actions
+        log = trainer.train(as_corl(b))
+        losses.append([log["policy_loss"], log["alpha_loss"], log["qf1_loss"] + log["qf2_loss"],
+                       (log["cql_qf1_diff"] + log["cql_qf2_diff"]) / 2])
+    out["cql.losses"] = torch.tensor(losses, dtype=torch.float64)  # (update, [π, α, both TD, mean gap])
+    out.update(named("cql.final", dict(actor=actor, critic_1=critics[0], critic_2=critics[1],
+                                       critic_1_target=trainer.target_critic_1,
+                                       critic_2_target=trainer.target_critic_2, log_alpha=trainer.log_alpha)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corl", type=Path, required=True, help="a checkout of github.com/corl-team/CORL")
@@ -133,10 +175,10 @@ def main() -> None:
     args = parser.parse_args()
     from safetensors.torch import save_file
     torch.set_num_threads(1)
-    tensors = {k: v.contiguous() for k, v in {**iql_fixture(args.corl), **td3_bc_fixture(args.corl)}.items()}
+    tensors = {k: v.contiguous() for part in (iql_fixture, td3_bc_fixture, cql_fixture) for k, v in part(args.corl).items()}
     head = subprocess.run(["git", "-C", str(args.corl), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     meta = dict(obs_dim=OBS_DIM, act_dim=ACT_DIM, batch=BATCH, hidden=HIDDEN, iql_updates=IQL_UPDATES,
-                td3_updates=TD3_UPDATES, torch=torch.__version__, corl_commit=head.strip())
+                td3_updates=TD3_UPDATES, cql_updates=CQL_UPDATES, torch=torch.__version__, corl_commit=head.strip())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, args.out, metadata={"config": json.dumps(meta)})
     print(f"wrote {args.out}: {len(tensors)} tensors, {sum(v.numel() for v in tensors.values()):,} numbers")
