@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from _results import paired_ratios, save_table  # noqa: E402
 from offline_rl import cql, iql  # noqa: E402
 from offline_rl.data import OfflineDataset, load_dataset  # noqa: E402
-from offline_rl.tools.corl_reference import load_corl  # noqa: E402
+from offline_rl.tools.corl_reference import cql_trainer, iql_trainer, load_corl  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).parents[1] / "offline_rl/datasets/inverted_double_pendulum-medium.hdf5"
 
@@ -43,26 +43,14 @@ DEFAULT_DATA = Path(__file__).parents[1] / "offline_rl/datasets/inverted_double_
 def corl_iql(m, obs_dim: int, act_dim: int, max_steps: int, device: str):
     q, v = m.TwinQ(obs_dim, act_dim).to(device), m.ValueFunction(obs_dim).to(device)
     actor = m.GaussianPolicy(obs_dim, act_dim, 1.0, dropout=None).to(device)
-    return m.ImplicitQLearning(
-        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
-        q_network=q, q_optimizer=torch.optim.Adam(q.parameters(), lr=3e-4),
-        v_network=v, v_optimizer=torch.optim.Adam(v.parameters(), lr=3e-4),
-        iql_tau=0.7, beta=3.0, max_steps=max_steps, discount=0.99, tau=0.005, device=device)
+    return iql_trainer(m, q, v, actor, max_steps, device)
 
 
 def corl_cql(m, obs_dim: int, act_dim: int, device: str):
     c1 = m.FullyConnectedQFunction(obs_dim, act_dim, True, 3).to(device)
     c2 = m.FullyConnectedQFunction(obs_dim, act_dim, True).to(device)  # as CORL's train() builds its second critic
     actor = m.TanhGaussianPolicy(obs_dim, act_dim, 1.0, log_std_multiplier=1.0, orthogonal_init=True).to(device)
-    return m.ContinuousCQL(
-        critic_1=c1, critic_1_optimizer=torch.optim.Adam(list(c1.parameters()), 3e-4),
-        critic_2=c2, critic_2_optimizer=torch.optim.Adam(list(c2.parameters()), 3e-4),
-        actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-5),
-        target_entropy=-float(act_dim), discount=0.99, alpha_multiplier=1.0, use_automatic_entropy_tuning=True,
-        backup_entropy=False, policy_lr=3e-5, qf_lr=3e-4, soft_target_update_rate=5e-3, bc_steps=0,
-        target_update_period=1, cql_n_actions=10, cql_importance_sample=True, cql_lagrange=False,
-        cql_target_action_gap=-1.0, cql_temp=1.0, cql_alpha=10.0, cql_max_target_backup=False,
-        cql_clip_diff_min=-np.inf, cql_clip_diff_max=np.inf, device=device)
+    return cql_trainer(m, c1, c2, actor, act_dim, device)
 
 
 def dataset() -> OfflineDataset:

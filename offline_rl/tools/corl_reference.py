@@ -1,11 +1,13 @@
 """CORL's side of offline_rl's parity tests: CORL's own IQL, TD3+BC and CQL updates, imported from a checkout of
 github.com/corl-team/CORL at run time, on fixed random weights and batches, written as a safetensors fixture.
 
-    python offline_rl/tools/corl_reference.py --corl /path/to/CORL   # -> offline_rl/tests/fixtures/corl_updates.safetensors
+    python offline_rl/tools/corl_reference.py --corl /path/to/CORL   # -> tests/fixtures/corl_updates.safetensors
 
-The test (`test_updates_match_corl`) loads the same initial weights into our agents through the layout mapping,
-feeds the same batches, and compares the losses of every update and every parameter afterwards (targets
-included), so it needs no CORL checkout. Nothing from CORL is copied into this repository.
+The tests (`test_{iql,td3_bc,cql}_updates_match_corl`) load the same initial weights into our agents through the
+layout mapping, feed the same batches, and compare the losses of every update and every parameter afterwards
+(targets included), so they need no CORL checkout. `iql_trainer` and `cql_trainer` are also how
+benchmarks/offline_rl_vs_corl.py builds CORL's side, so the timed trainers carry the configuration the fixture
+checks. Nothing from CORL is copied into this repository.
 
 What is run, per algorithm (obs_dim 5, act_dim 2, batch 16, hidden width 32, everything else CORL's defaults):
 * IQL: CORL's `TwinQ`, `ValueFunction`, `GaussianPolicy` (built at hidden_dim 32) and `ImplicitQLearning` with
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -78,6 +81,44 @@ def as_corl(b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return [b["obs"], b["actions"], b["rewards"][:, None], b["next_obs"], b["dones"][:, None]]
 
 
+def train_on_batches(trainer, prefix: str, seed: int, updates: int, rng_seed: int | None,
+                     losses: Callable[[dict], list[float]]) -> dict[str, torch.Tensor]:
+    """`updates` calls of CORL's `trainer.train` on fresh batches (each after `torch.manual_seed(rng_seed + k)` when
+    given): the batches and the (update, loss) table, as fixture entries."""
+    out, table = {}, []
+    for k, b in enumerate(batches(seed, updates)):
+        out.update({f"{prefix}.batch{k}.{name}": t for name, t in b.items()})
+        if rng_seed is not None:
+            torch.manual_seed(rng_seed + k)
+        table.append(losses(trainer.train(as_corl(b))))
+    out[f"{prefix}.losses"] = torch.tensor(table, dtype=torch.float64)
+    return out
+
+
+def iql_trainer(m: types.ModuleType, q: nn.Module, v: nn.Module, actor: nn.Module, max_steps: int, device: str):
+    """CORL's `ImplicitQLearning` with its locomotion hyperparameters (expectile 0.7, β 3, Adam 3e-4)."""
+    return m.ImplicitQLearning(
+        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
+        q_network=q, q_optimizer=torch.optim.Adam(q.parameters(), lr=3e-4),
+        v_network=v, v_optimizer=torch.optim.Adam(v.parameters(), lr=3e-4),
+        iql_tau=0.7, beta=3.0, max_steps=max_steps, discount=0.99, tau=0.005, device=device)
+
+
+def cql_trainer(m: types.ModuleType, critic_1: nn.Module, critic_2: nn.Module, actor: nn.Module, act_dim: int,
+                device: str):
+    """CORL's `ContinuousCQL` with its locomotion config (α_cql 10, 10 actions per source, importance sampling,
+    automatic entropy, no BC warm-up, actor 3e-5, critics 3e-4)."""
+    return m.ContinuousCQL(
+        critic_1=critic_1, critic_1_optimizer=torch.optim.Adam(list(critic_1.parameters()), 3e-4),
+        critic_2=critic_2, critic_2_optimizer=torch.optim.Adam(list(critic_2.parameters()), 3e-4),
+        actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-5),
+        target_entropy=-float(act_dim), discount=0.99, alpha_multiplier=1.0, use_automatic_entropy_tuning=True,
+        backup_entropy=False, policy_lr=3e-5, qf_lr=3e-4, soft_target_update_rate=5e-3, bc_steps=0,
+        target_update_period=1, cql_n_actions=10, cql_importance_sample=True, cql_lagrange=False,
+        cql_target_action_gap=-1.0, cql_temp=1.0, cql_alpha=10.0, cql_max_target_backup=False,
+        cql_clip_diff_min=-float("inf"), cql_clip_diff_max=float("inf"), device=device)
+
+
 def named(prefix: str, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{m}.{k}": v.detach().clone() for m, module in modules.items()
             for k, v in module.state_dict().items()}
@@ -89,17 +130,9 @@ def iql_fixture(corl: Path) -> dict[str, torch.Tensor]:
     q, v = m.TwinQ(OBS_DIM, ACT_DIM, hidden_dim=HIDDEN), m.ValueFunction(OBS_DIM, hidden_dim=HIDDEN)
     actor = m.GaussianPolicy(OBS_DIM, ACT_DIM, 1.0, hidden_dim=HIDDEN, dropout=None)
     out = named("iql.init", dict(q=q, v=v, actor=actor))
-    trainer = m.ImplicitQLearning(
-        max_action=1.0, actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), lr=3e-4),
-        q_network=q, q_optimizer=torch.optim.Adam(q.parameters(), lr=3e-4),
-        v_network=v, v_optimizer=torch.optim.Adam(v.parameters(), lr=3e-4),
-        iql_tau=0.7, beta=3.0, max_steps=IQL_UPDATES, discount=0.99, tau=0.005, device="cpu")
-    losses = []
-    for k, b in enumerate(batches(1, IQL_UPDATES)):
-        out.update({f"iql.batch{k}.{name}": t for name, t in b.items()})
-        log = trainer.train(as_corl(b))
-        losses.append([log["value_loss"], log["q_loss"], log["actor_loss"]])
-    out["iql.losses"] = torch.tensor(losses, dtype=torch.float64)  # (update, [V, Q, π])
+    trainer = iql_trainer(m, q, v, actor, IQL_UPDATES, "cpu")
+    out.update(train_on_batches(trainer, "iql", 1, IQL_UPDATES, None,  # losses: (update, [V, Q, π])
+                                lambda log: [log["value_loss"], log["q_loss"], log["actor_loss"]]))
     out.update(named("iql.final", dict(q=q, q_target=trainer.q_target, v=v, actor=actor)))
     return out
 
@@ -119,13 +152,8 @@ def td3_bc_fixture(corl: Path) -> dict[str, torch.Tensor]:
         critic_1=critic_1, critic_1_optimizer=torch.optim.Adam(critic_1.parameters(), lr=3e-4),
         critic_2=critic_2, critic_2_optimizer=torch.optim.Adam(critic_2.parameters(), lr=3e-4),
         discount=0.99, tau=0.005, policy_noise=0.2, noise_clip=0.5, policy_freq=2, alpha=2.5, device="cpu")
-    losses = []
-    for k, b in enumerate(batches(2, TD3_UPDATES)):
-        out.update({f"td3_bc.batch{k}.{name}": t for name, t in b.items()})
-        torch.manual_seed(100 + k)  # the target-smoothing noise
-        log = trainer.train(as_corl(b))
-        losses.append([log["critic_loss"], log.get("actor_loss", float("nan"))])
-    out["td3_bc.losses"] = torch.tensor(losses, dtype=torch.float64)  # (update, [critics, actor or NaN])
+    out.update(train_on_batches(trainer, "td3_bc", 2, TD3_UPDATES, 100,  # the seed: the target-smoothing noise
+                                lambda log: [log["critic_loss"], log.get("actor_loss", float("nan"))]))
     out.update(named("td3_bc.final", dict(actor=actor, critic_1=critic_1, critic_2=critic_2,
                                           actor_target=trainer.actor_target, critic_1_target=trainer.critic_1_target,
                                           critic_2_target=trainer.critic_2_target)))
@@ -145,23 +173,10 @@ def cql_fixture(corl: Path) -> dict[str, torch.Tensor]:
                                        nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * ACT_DIM))
     m.init_module_weights(actor.base_network)
     out = named("cql.init", dict(actor=actor, critic_1=critics[0], critic_2=critics[1]))
-    trainer = m.ContinuousCQL(
-        critic_1=critics[0], critic_1_optimizer=torch.optim.Adam(critics[0].parameters(), 3e-4),
-        critic_2=critics[1], critic_2_optimizer=torch.optim.Adam(critics[1].parameters(), 3e-4),
-        actor=actor, actor_optimizer=torch.optim.Adam(actor.parameters(), 3e-5),
-        target_entropy=-float(ACT_DIM), discount=0.99, alpha_multiplier=1.0, use_automatic_entropy_tuning=True,
-        backup_entropy=False, policy_lr=3e-5, qf_lr=3e-4, soft_target_update_rate=5e-3, bc_steps=0,
-        target_update_period=1, cql_n_actions=10, cql_importance_sample=True, cql_lagrange=False,
-        cql_target_action_gap=-1.0, cql_temp=1.0, cql_alpha=10.0, cql_max_target_backup=False,
-        cql_clip_diff_min=-float("inf"), cql_clip_diff_max=float("inf"), device="cpu")
-    losses = []
-    for k, b in enumerate(batches(3, CQL_UPDATES)):
-        out.update({f"cql.batch{k}.{name}": t for name, t in b.items()})
-        torch.manual_seed(200 + k)  # the policy samples and the uniform actions
-        log = trainer.train(as_corl(b))
-        losses.append([log["policy_loss"], log["alpha_loss"], log["qf1_loss"] + log["qf2_loss"],
-                       (log["cql_qf1_diff"] + log["cql_qf2_diff"]) / 2])
-    out["cql.losses"] = torch.tensor(losses, dtype=torch.float64)  # (update, [π, α, both TD, mean gap])
+    trainer = cql_trainer(m, critics[0], critics[1], actor, ACT_DIM, "cpu")
+    out.update(train_on_batches(trainer, "cql", 3, CQL_UPDATES, 200,  # the seed: policy samples, uniform actions
+                                lambda log: [log["policy_loss"], log["alpha_loss"], log["qf1_loss"] + log["qf2_loss"],
+                                             (log["cql_qf1_diff"] + log["cql_qf2_diff"]) / 2]))
     out.update(named("cql.final", dict(actor=actor, critic_1=critics[0], critic_2=critics[1],
                                        critic_1_target=trainer.target_critic_1,
                                        critic_2_target=trainer.target_critic_2, log_alpha=trainer.log_alpha)))
@@ -175,7 +190,8 @@ def main() -> None:
     args = parser.parse_args()
     from safetensors.torch import save_file
     torch.set_num_threads(1)
-    tensors = {k: v.contiguous() for part in (iql_fixture, td3_bc_fixture, cql_fixture) for k, v in part(args.corl).items()}
+    tensors = {k: v.contiguous() for part in (iql_fixture, td3_bc_fixture, cql_fixture)
+               for k, v in part(args.corl).items()}
     head = subprocess.run(["git", "-C", str(args.corl), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     meta = dict(obs_dim=OBS_DIM, act_dim=ACT_DIM, batch=BATCH, hidden=HIDDEN, iql_updates=IQL_UPDATES,
                 td3_updates=TD3_UPDATES, cql_updates=CQL_UPDATES, torch=torch.__version__, corl_commit=head.strip())
