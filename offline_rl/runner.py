@@ -69,10 +69,13 @@ class Stateful:
             v.load_state_dict(state[k])
 
 
+def dataset_path(dataset: str) -> Path:
+    """`dataset` as a path if it exists, else the generated datasets/<dataset>.hdf5 (which may not exist)."""
+    return Path(dataset) if Path(dataset).exists() else DATASETS / f"{dataset}.hdf5"
+
+
 def resolve_dataset(cfg: RunConfig) -> OfflineDataset:
-    path = Path(cfg.dataset)
-    if not path.exists():
-        path = DATASETS / f"{cfg.dataset}.hdf5"
+    path = dataset_path(cfg.dataset)
     if not path.exists():
         raise FileNotFoundError(f"dataset '{cfg.dataset}' is neither a path nor a generated dataset in {DATASETS}; "
                                 f"make it with `python offline_rl/generate.py --task {cfg.dataset.split('-')[0]}`")

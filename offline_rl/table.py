@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from offline_rl.data import load_dataset
-from offline_rl.runner import DATASETS
+from offline_rl.runner import dataset_path
 
 HERE = Path(__file__).parent
 ALGORITHMS = ("bc", "td3_bc", "iql", "cql", "dt")
@@ -40,9 +40,8 @@ def one(job: tuple[str, str, int, list[str]]) -> dict:
 
 def data_score(dataset: str) -> float | None:
     """The dataset's own normalised score (its mean episode return), or None without the file or its references."""
-    path = Path(dataset) if Path(dataset).exists() else DATASETS / f"{dataset}.hdf5"
     try:
-        ds = load_dataset(path)
+        ds = load_dataset(dataset_path(dataset))
         return float(ds.normalized_score(ds.episode_returns().mean()))
     except (FileNotFoundError, ValueError):
         return None
