@@ -11,12 +11,13 @@ class BCConfig:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 10  # expert demonstrations per task
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    camera: str = "corner"  # Meta-World camera
+    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image input each (e.g. corner,gripperPOV)
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
-    # --- model: ResNet-18 image encoder + state + instruction embedding -> MLP -> action chunk
+    # --- model: ResNet-18 image encoder (shared by the cameras) + state + instruction embedding -> MLP -> chunk
     image_size: int = 64  # images are resized to this side before the ResNet (CPU budget)
-    state_key: str = "observation.environment_state"  # state input; Meta-World's full 39-D observation by default
+    state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D
+    #                                       "observation.environment_state" (object and goal poses) is the oracle
     horizon: int = 8  # H: actions predicted per chunk
     n_action_steps: int = 4  # actions of each chunk executed before predicting again
     hidden_dim: int = 512  # MLP width
@@ -34,6 +35,7 @@ class BCConfig:
     seed: int = 0  # drives Python, NumPy, torch and the data order
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     num_workers: int = 0  # DataLoader worker processes
+    threads: int = 2  # torch CPU threads
     # --- bookkeeping
     run_dir: str = "runs/bc"  # checkpoints, metrics.jsonl, eval results
     resume: bool = False  # continue from run_dir's last checkpoint

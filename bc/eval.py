@@ -1,6 +1,11 @@
-"""Re-evaluate a BC checkpoint in closed loop, optionally saving rollout videos.
+"""Re-evaluate a BC checkpoint in closed loop: the standard split, another split or a probe of what the
+policy uses; optionally with rollout videos.
 
-    python eval.py --checkpoint runs/bc/checkpoints/00003000 --episodes 20 --video-dir runs/bc/videos
+    python eval.py --checkpoint runs/bc                     # the run's last checkpoint, as trained
+    python eval.py --checkpoint runs/bc --episodes 20 --video_dir runs/bc/videos
+    python eval.py --checkpoint runs/bc --seed 2000          # placements of another evaluation seed
+    python eval.py --checkpoint runs/bc --instruction held_out   # paraphrases absent from training
+    python eval.py --checkpoint runs/bc --instruction other_task --blank_images   # probes
 """
 
 from __future__ import annotations
@@ -11,30 +16,43 @@ from pathlib import Path
 import tyro
 
 from common.config import from_dict
-from common.train import load_pretrained, read_config
+from common.train import load_pretrained, read_config, resolve_checkpoint
 
 from bc.config import BCConfig
 from bc.train import build_model, evaluate_model
+from bc.model import BCPolicy
 
 
 @dataclass
 class EvalArgs:
-    checkpoint: Path  # a checkpoint directory (holds model.safetensors + config.json)
+    checkpoint: Path  # a checkpoint directory (model.safetensors + config.json), or a run directory (its last one)
     episodes: int | None = None  # episodes per task (default: the training config's eval_episodes)
     tasks: tuple[str, ...] | None = None  # a subset of the trained tasks (default: all)
+    seed: int | None = None  # evaluation placements (default: the training config's eval_seed)
+    instruction: str = "canonical"  # canonical | held_out | other_task | empty (common.envs.metaworld.EvalConfig)
+    blank_images: bool = False  # probe: black camera images
     video_dir: str | None = None  # save one rollout video per task here
     workers: int = 2  # evaluation processes
     out_dir: Path | None = None  # where eval.json / eval.md go (default: the checkpoint directory)
 
 
-def main(args: EvalArgs) -> dict:
-    meta = read_config(args.checkpoint)
+def load_policy(checkpoint: str | Path) -> tuple[BCPolicy, BCConfig]:
+    """The trained policy and its config, rebuilt from a checkpoint (or run) directory alone."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    meta = read_config(checkpoint)
     cfg = from_dict(BCConfig, meta["config"])
+    policy = build_model(cfg, meta["stats"], meta["tokenizer"], meta["state_dim"], meta["action_dim"])
+    load_pretrained(policy, checkpoint)
+    return policy, cfg
+
+
+def main(args: EvalArgs) -> dict:
+    policy, cfg = load_policy(args.checkpoint)
     cfg = replace(cfg, eval_episodes=args.episodes or cfg.eval_episodes, tasks=args.tasks or cfg.tasks,
-                  video_dir=args.video_dir, eval_workers=args.workers)
-    model = build_model(cfg, meta["stats"], meta["tokenizer"], meta["state_dim"], meta["action_dim"])
-    load_pretrained(model, args.checkpoint)
-    return evaluate_model(model, cfg, args.out_dir or args.checkpoint)
+                  eval_seed=cfg.eval_seed if args.seed is None else args.seed, video_dir=args.video_dir,
+                  eval_workers=args.workers)
+    return evaluate_model(policy, cfg, args.out_dir or resolve_checkpoint(args.checkpoint),
+                         instruction=args.instruction, blank_images=args.blank_images)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A small visuomotor behaviour-cloning policy: the baseline that proves the data -> train -> closed-loop pipe.
 
-    image (uint8, S x S) --resize, [random shift], ImageNet norm--> ResNet-18 (GroupNorm) --> 512
+    image (uint8, S x S) --resize, [random shift], ImageNet norm--> ResNet-18 (GroupNorm) --> 512 per camera
     state (normalised)   --Linear + ReLU------------------------------------------------> 64
     instruction          --BPE tokens -> mean of token embeddings-------------------------> 64
     concat --> MLP (2 hidden layers) --> H x 4 normalised actions (an action chunk, as in ACT: Zhao et al. 2023)
@@ -32,7 +32,7 @@ class BCPolicy(nn.Module):
     def __init__(self, cfg, stats: dict[str, Any], tokenizer, state_dim: int, action_dim: int):
         super().__init__()
         self.cfg, self.tokenizer, self.action_dim = cfg, tokenizer, action_dim
-        self.image_key = IMAGE_KEY.format(camera=cfg.camera)
+        self.image_keys = [IMAGE_KEY.format(camera=c) for c in cfg.cameras]
         self.normalizer = Normalizer(stats, {cfg.state_key: "mean_std", "action": "mean_std"})
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -40,7 +40,7 @@ class BCPolicy(nn.Module):
         self.state_encoder = nn.Sequential(nn.Linear(state_dim, cfg.state_dim_embed), nn.ReLU())
         self.token_embedding = nn.Embedding(len(tokenizer), cfg.text_dim, padding_idx=tokenizer.pad_token_id)
         self.head = nn.Sequential(
-            nn.Linear(512 + cfg.state_dim_embed + cfg.text_dim, cfg.hidden_dim), nn.ReLU(),
+            nn.Linear(512 * len(cfg.cameras) + cfg.state_dim_embed + cfg.text_dim, cfg.hidden_dim), nn.ReLU(),
             nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(),
             nn.Linear(cfg.hidden_dim, cfg.horizon * action_dim))
 
@@ -65,8 +65,10 @@ class BCPolicy(nn.Module):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Predicted action chunk in normalised units: (B, H, action_dim)."""
         state = self.normalizer.normalize(self.cfg.state_key, batch[self.cfg.state_key].float())
-        features = torch.cat([self.encode_image(batch[self.image_key]), self.state_encoder(state),
-                              self.encode_instruction(batch["instruction"])], dim=-1)
+        # the cameras go through the shared ResNet as one batch, then each sample's features are concatenated
+        images = self.encode_image(torch.cat([batch[key] for key in self.image_keys]))
+        images = torch.cat(images.chunk(len(self.image_keys)), dim=-1)
+        features = torch.cat([images, self.state_encoder(state), self.encode_instruction(batch["instruction"])], -1)
         return self.head(features).view(-1, self.cfg.horizon, self.action_dim)
 
     def loss(self, predicted: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -100,8 +102,8 @@ class ClosedLoopPolicy:
     @torch.no_grad()
     def __call__(self, obs: dict[str, Any]) -> np.ndarray:
         model, cfg = self.model, self.model.cfg
-        features = to_features(obs, cfg.camera)
+        features = to_features(obs)
         batch = {k: torch.as_tensor(np.asarray(features[k]))[None].to(model.pixel_mean.device)
-                 for k in (model.image_key, cfg.state_key)}
+                 for k in (*model.image_keys, cfg.state_key)}
         batch["instruction"] = [obs["instruction"]]
         return model.predict_chunk(batch)[0, : cfg.n_action_steps].cpu().numpy()

@@ -15,7 +15,7 @@ import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset
-from common.envs.metaworld import IMAGE_KEY, DemoSpec, EvalConfig, collect_demos, evaluate, save_results
+from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, cleanup_distributed, init_distributed, mean_over_ranks, plot_metrics,
@@ -24,10 +24,6 @@ from common.train import (Logger, cleanup_distributed, init_distributed, mean_ov
 from bc.config import PRESETS, BCConfig
 from bc.model import BCPolicy, ClosedLoopPolicy
 
-
-def demo_spec(cfg: BCConfig) -> DemoSpec:
-    return DemoSpec(tasks=cfg.tasks, episodes_per_task=cfg.episodes_per_task, image_size=cfg.demo_image_size,
-                    camera=cfg.camera, seed=cfg.demo_seed)
 
 
 def instruction_tokenizer(cfg: BCConfig) -> str:
@@ -48,6 +44,7 @@ def checkpoint_config(cfg: BCConfig, stats: dict, tokenizer_json: str, state_dim
 def train(cfg: BCConfig) -> dict:
     dist = init_distributed(cfg.device)
     seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
 
     # Data: collected once on rank 0 (cached on disk), then read by every rank.
@@ -56,7 +53,7 @@ def train(cfg: BCConfig) -> dict:
     if dist.world_size > 1:
         torch.distributed.barrier()
     demos = collect_demos(demo_spec(cfg), progress=False)
-    data = ChunkDataset(demos, cfg.horizon, [IMAGE_KEY.format(camera=cfg.camera), cfg.state_key])
+    data = ChunkDataset(demos, cfg.horizon, [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key])
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
     tokenizer_json = instruction_tokenizer(cfg)
@@ -101,12 +98,10 @@ def train(cfg: BCConfig) -> dict:
     return results
 
 
-def evaluate_model(model: BCPolicy, cfg: BCConfig, out_dir: Path) -> dict:
-    """Closed-loop success per task on placements never seen in the demos; writes eval.json and eval.md."""
-    eval_cfg = EvalConfig(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, seed=cfg.eval_seed,
-                          image_size=cfg.demo_image_size, camera=cfg.camera, max_steps=cfg.eval_max_steps,
-                          video_dir=cfg.video_dir, workers=cfg.eval_workers)
-    results = evaluate(ClosedLoopPolicy(model), eval_cfg)
+def evaluate_model(model: BCPolicy, cfg: BCConfig, out_dir: Path, **probes) -> dict:
+    """Closed-loop success per task on placements never seen in the demos; writes eval.json and eval.md. `probes`:
+    EvalConfig fields that change what the policy is told or shown (e.g. instruction="held_out", blank_images=True)."""
+    results = evaluate(ClosedLoopPolicy(model), eval_config(cfg, **probes))
     return save_results(results, out_dir)
 
 

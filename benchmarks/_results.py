@@ -4,11 +4,34 @@ table as Markdown (for the READMEs) and CSV (for plots) under benchmarks/results
 from __future__ import annotations
 
 import csv
+import datetime
+import json
+import platform
 import statistics
+import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def provenance(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What produced a result: the commit (and whether the tree had uncommitted changes), the date, the versions
+    and the full config."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    import torch
+    return dict(commit=git("rev-parse", "--short", "HEAD"), dirty=bool(git("status", "--porcelain", "--untracked-files=no")),
+                date=datetime.date.today().isoformat(), python=platform.python_version(), torch=torch.__version__,
+                config=dict(config))
+
+
+def stamp(config: Mapping[str, Any]) -> str:
+    """`provenance` as one line for a table's header."""
+    p = provenance(config)
+    return (f"Produced at commit {p['commit']}{' (with uncommitted changes)' if p['dirty'] else ''} on {p['date']}, "
+            f"torch {p['torch']}; config: `{json.dumps(p['config'], default=str)}`")
 
 
 def paired_ratios(ours: Sequence[float], theirs: Sequence[float]) -> dict[str, float]:
@@ -21,15 +44,15 @@ def paired_ratios(ours: Sequence[float], theirs: Sequence[float]) -> dict[str, f
 
 
 def save_table(stem: str, header: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
-               csv_columns: Sequence[str], csv_rows: Sequence[Sequence]) -> str:
-    """Print and write `header` and a Markdown table to results/<stem>.md, and `csv_rows` to results/<stem>.csv."""
+               csv_columns: Sequence[str], csv_rows: Sequence[Sequence], directory: Path = RESULTS) -> str:
+    """Print and write `header` and a Markdown table to <directory>/<stem>.md, and `csv_rows` to <stem>.csv."""
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.md").write_text(table + "\n")
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as f:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.md").write_text(table + "\n")
+    with open(directory / f"{stem}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(csv_columns)
         writer.writerows(csv_rows)

@@ -140,6 +140,19 @@ def load_pretrained(model: torch.nn.Module, directory: str | Path, strict: bool 
     return json.loads((directory / "config.json").read_text())
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint directory, a run directory (its last checkpoint) or a `checkpoints/`
+    directory (the one its `last` pointer names)."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    for pointer in (path / "checkpoints" / "last", path / "last"):
+        if pointer.is_file():
+            return pointer.parent / pointer.read_text().strip()
+    raise FileNotFoundError(f"{path} is not a checkpoint directory (no config.json) nor a run directory with a "
+                            f"checkpoints/last pointer")
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "config.json"
     if not path.exists():

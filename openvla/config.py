@@ -39,15 +39,16 @@ class OpenVLAConfig:
     # --- OFT only (Kim et al. 2025, Sec. 4)
     use_proprio: bool = True  # OFT: the robot state enters the LLM as one token (proprio projector)
     use_film: bool = False  # OFT+: FiLM-modulate the vision features with the mean language embedding
-    max_state_dim: int = 39  # the state's size (the proprio projector's input)
     # --- data: scripted-expert demonstrations on Meta-World (collected once, cached by these fields)
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 10  # expert demonstrations per task
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    camera: str = "corner"  # Meta-World camera
+    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras; each image's patches enter the LLM in turn (OFT
+    #                                         reads a third-person and a wrist image; OpenVLA itself one image)
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
-    state_key: str = "observation.environment_state"  # OFT's proprio input: Meta-World's 39-D observation
+    state_key: str = "observation.state"  # OFT's proprio input: the robot's hand xyz and gripper; the privileged
+    #                                       39-D "observation.environment_state" (object and goal poses) is the oracle
     tokenizer_vocab: int = 1024  # BPE trained on the prompts (Llama-2's tokenizer cannot be downloaded here)
     tokenizer_path: str | None = None  # a local tokenizer directory to use instead (e.g. Llama-2's)
     crop_scale: float = 0.9  # OpenVLA's image augmentation: a random crop of this area fraction, resized back;

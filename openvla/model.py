@@ -32,7 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, Lla
 
 from common.data import Normalizer
 from common.encoders import PrismaticFusedBackbone, openvla_vision_key_map
-from common.envs.metaworld import to_features
+from common.envs.metaworld import IMAGE_KEY, to_features
 
 from .config import LlamaSize, OpenVLAConfig
 
@@ -209,7 +209,7 @@ class OpenVLA(nn.Module):
     """OpenVLA or OpenVLA-OFT (by `cfg.variant`) on model-ready tensors; `OpenVLAPolicy` below normalises, resizes and
     tokenises.
 
-    pixel_values: (B, 6, S, S), DINOv2- then SigLIP-normalised (`PrismaticFusedBackbone.normalize`); prompt_ids:
+    pixel_values: (B, 6·N, S, S), N images each DINOv2- then SigLIP-normalised (`PrismaticFusedBackbone.normalize`); prompt_ids:
     (B, T) = [BOS, padding…, prompt tokens] (the prompt left-padded after BOS, so every sequence ends at the same
     index); prompt_valid: (B, T) bool; state: (B, state_dim) normalised, read by OFT with `use_proprio`.
     """
@@ -239,14 +239,19 @@ class OpenVLA(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ the sequence
     def image_tokens(self, pixel_values: Tensor, language: Tensor | None = None) -> Tensor:
-        """Projected patch features (B, P, width); with FiLM, modulated by the language embedding `language`."""
+        """Projected patch features (B, N·P, width) of N images stacked on the channel dim, 6 channels each (OFT's
+        `num_images_in_input`: each image through the fused backbone, the patches concatenated in camera order);
+        with FiLM, modulated by the language embedding `language`."""
+        b, n = pixel_values.shape[0], pixel_values.shape[1] // 6
+        images = pixel_values.unflatten(1, (n, 6)).transpose(0, 1).flatten(0, 1)  # (N·B, 6, S, S): one backbone pass
         if language is None or not self.cfg.use_film:
-            return self.projector(self.vision_backbone(pixel_values))
-        dino, siglip = torch.split(pixel_values, [3, 3], dim=1)
-        backbone = self.vision_backbone
-        patches = torch.cat([self.film_dino(backbone.featurizer, dino, language),
-                             self.film_siglip(backbone.fused_featurizer, siglip, language)], dim=2)
-        return self.projector(patches)
+            patches = self.vision_backbone(images)
+        else:
+            dino, siglip = torch.split(images, [3, 3], dim=1)
+            backbone, language = self.vision_backbone, language.repeat(n, 1)
+            patches = torch.cat([self.film_dino(backbone.featurizer, dino, language),
+                                 self.film_siglip(backbone.fused_featurizer, siglip, language)], dim=2)
+        return self.projector(patches.unflatten(0, (n, b)).transpose(0, 1).flatten(1, 2))
 
     def prefix(self, pixel_values: Tensor, prompt_ids: Tensor, prompt_valid: Tensor, state: Tensor | None = None,
                suffix: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -469,7 +474,7 @@ class OpenVLAPolicy(nn.Module):
         if cfg.variant == "openvla" and cfg.horizon != 1:
             raise ValueError(f"OpenVLA predicts one action per pass (horizon 1), got horizon {cfg.horizon}")
         self.cfg, self.tokenizer, self.state_dim, self.action_dim = cfg, tokenizer, state_dim, action_dim
-        self.image_key = f"observation.images.{cfg.camera}"
+        self.image_keys = [IMAGE_KEY.format(camera=c) for c in cfg.cameras]
         self.normalizer = Normalizer(stats, {"action": "quantile", cfg.state_key: "quantile"})
         self.action_tokenizer = ActionTokenizer(cfg.text_vocab, cfg.action_bins)
         self.model = OpenVLA(cfg, action_dim, state_dim, tokenizer.eos_token_id)
@@ -479,12 +484,15 @@ class OpenVLAPolicy(nn.Module):
         the centre crop."""
         cfg = self.cfg
         device = self.model.embed_tokens.weight.device
-        img = batch[self.image_key].to(device).permute(0, 3, 1, 2).float() / 255
-        img = crop_and_resize(img, cfg.image_size, cfg.crop_scale, crop_offsets)
+        pixel_values = []
+        for key in self.image_keys:  # every camera cropped at the same place
+            img = batch[key].to(device).permute(0, 3, 1, 2).float() / 255
+            img = crop_and_resize(img, cfg.image_size, cfg.crop_scale, crop_offsets)
+            pixel_values.append(self.model.vision_backbone.normalize(img))
         ids, valid = tokenize_prompts(self.tokenizer, [make_prompt(t) for t in batch["instruction"]],
                                       cfg.max_text_tokens)
         state = bounds_q99(self.normalizer, cfg.state_key, batch[cfg.state_key].to(device).float())
-        return self.model.vision_backbone.normalize(img), ids.to(device), valid.to(device), state
+        return torch.cat(pixel_values, dim=1), ids.to(device), valid.to(device), state
 
     def forward(self, batch: Mapping, crop_offsets: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The training loss and detached metrics. OpenVLA: cross-entropy on the action tokens; OFT: L1 between the
@@ -522,7 +530,7 @@ class ClosedLoopPolicy:
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
         policy = self.policy
-        features = to_features(obs, policy.cfg.camera)
-        batch = {k: torch.as_tensor(np.asarray(features[k]))[None] for k in (policy.image_key, policy.cfg.state_key)}
+        features = to_features(obs)
+        batch = {k: torch.as_tensor(np.asarray(features[k]))[None] for k in (*policy.image_keys, policy.cfg.state_key)}
         batch["instruction"] = [obs["instruction"]]
         return policy.predict_chunk(batch)[0, :policy.cfg.n_action_steps].cpu().numpy()

@@ -22,7 +22,7 @@ import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset
-from common.envs.metaworld import DemoSpec, EvalConfig, collect_demos, evaluate, save_results
+from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_pretrained,
@@ -32,10 +32,6 @@ from common.train import (Logger, cleanup_distributed, full_state, init_distribu
 from openvla.config import PRESETS, OpenVLAConfig, resolve
 from openvla.model import ClosedLoopPolicy, OpenVLAPolicy, make_prompt
 
-
-def demo_spec(cfg: OpenVLAConfig) -> DemoSpec:
-    return DemoSpec(tasks=cfg.tasks, episodes_per_task=cfg.episodes_per_task, image_size=cfg.demo_image_size,
-                    camera=cfg.camera, seed=cfg.demo_seed)
 
 
 def training_prompts(cfg: OpenVLAConfig) -> list[str]:
@@ -100,7 +96,7 @@ def train(cfg: OpenVLAConfig) -> dict:
     if dist.world_size > 1:
         torch.distributed.barrier()
     demos = collect_demos(demo_spec(cfg), progress=False)
-    data = ChunkDataset(demos, cfg.horizon, [f"observation.images.{cfg.camera}", cfg.state_key])
+    data = ChunkDataset(demos, cfg.horizon, [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key])
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
     tokenizer_json = build_tokenizer(cfg)
@@ -166,13 +162,11 @@ def train(cfg: OpenVLAConfig) -> dict:
     return results
 
 
-def evaluate_policy(policy: OpenVLAPolicy, cfg: OpenVLAConfig, out_dir: Path) -> dict:
-    """Closed-loop success per task on placements never seen in the demos; writes eval.json and eval.md."""
-    eval_cfg = EvalConfig(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, seed=cfg.eval_seed,
-                          image_size=cfg.demo_image_size, camera=cfg.camera, max_steps=cfg.eval_max_steps,
-                          video_dir=cfg.video_dir, workers=cfg.eval_workers)
+def evaluate_policy(policy: OpenVLAPolicy, cfg: OpenVLAConfig, out_dir: Path, **probes) -> dict:
+    """Closed-loop success per task on placements never seen in the demos; writes eval.json and eval.md. `probes`:
+    EvalConfig fields that change what the policy is told or shown (e.g. instruction="held_out", blank_images=True)."""
     torch.set_num_threads(1)  # one thread per evaluation process
-    results = evaluate(ClosedLoopPolicy(policy), eval_cfg)
+    results = evaluate(ClosedLoopPolicy(policy), eval_config(cfg, **probes))
     return save_results(results, out_dir)
 
 

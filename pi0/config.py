@@ -56,10 +56,11 @@ class PI0Config:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 10  # expert demonstrations per task
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    camera: str = "corner"  # Meta-World camera
+    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image each in the prefix (e.g. corner,gripperPOV)
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
-    state_key: str = "observation.environment_state"  # Meta-World's 39-D observation (goal included); see README
+    state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D
+    #                                       "observation.environment_state" (object and goal poses) is the oracle
     tokenizer_vocab: int = 1024  # BPE trained on the prompts (PaliGemma's tokenizer cannot be downloaded here)
     tokenizer_path: str | None = None  # a local tokenizer directory to use instead (e.g. PaliGemma's)
     shift_augment: int = 4  # random-shift augmentation of the model-size image, pixels (DrQ); 0 disables

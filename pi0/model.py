@@ -29,7 +29,7 @@ from transformers.models.gemma.modeling_gemma import GemmaMLP, GemmaRotaryEmbedd
 
 from common.data import Normalizer, random_shift
 from common.encoders import siglip_vision_tower
-from common.envs.metaworld import to_features
+from common.envs.metaworld import IMAGE_KEY, to_features
 from common.text import tokenize
 
 from .config import GemmaSize, PI0Config
@@ -566,7 +566,7 @@ class Pi0Policy(nn.Module):
         if len(tokenizer) > cfg.vocab_size:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but vocab_size is {cfg.vocab_size}")
         self.cfg, self.tokenizer, self.state_dim, self.action_dim = cfg, tokenizer, state_dim, action_dim
-        self.image_key = f"observation.images.{cfg.camera}"
+        self.image_keys = [IMAGE_KEY.format(camera=c) for c in cfg.cameras]
         self.normalizer = state_normalizer(cfg, stats)
         self.model = PI0(cfg)
 
@@ -577,14 +577,16 @@ class Pi0Policy(nn.Module):
         """images, image_masks, tokens, token_masks, padded state. `shift`: (2, B) random-shift offsets or None."""
         cfg = self.cfg
         device = self.model.action_in_proj.weight.device
-        img = batch[self.image_key].to(device).permute(0, 3, 1, 2).float() / 255
-        img = resize_with_pad(img, cfg.image_size)
-        if shift is not None and cfg.shift_augment > 0:
-            img = random_shift(img, cfg.shift_augment, shift)
+        images = []
+        for key in self.image_keys:
+            img = resize_with_pad(batch[key].to(device).permute(0, 3, 1, 2).float() / 255, cfg.image_size)
+            if shift is not None and cfg.shift_augment > 0:
+                img = random_shift(img, cfg.shift_augment, shift)
+            images.append(img * 2 - 1)
         state = self.normalizer.normalize(cfg.state_key, batch[cfg.state_key].to(device).float())
         text = tokenize(self.tokenizer, self.prompts(batch["instruction"], state), cfg.max_text_tokens)
-        masks = [torch.ones(img.shape[0], dtype=torch.bool, device=device)]
-        return ([img * 2 - 1], masks, text["input_ids"].to(device), text["attention_mask"].to(device),
+        masks = [torch.ones(images[0].shape[0], dtype=torch.bool, device=device)] * len(images)
+        return (images, masks, text["input_ids"].to(device), text["attention_mask"].to(device),
                 F.pad(state, (0, cfg.max_state_dim - self.state_dim)))
 
     def forward(self, batch: Mapping, noise: Tensor, time: Tensor, shift: Tensor | None = None) -> Tensor:
@@ -614,7 +616,7 @@ class ClosedLoopPolicy:
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
         policy = self.policy
-        features = to_features(obs, policy.cfg.camera)
-        batch = {k: torch.as_tensor(np.asarray(features[k]))[None] for k in (policy.image_key, policy.cfg.state_key)}
+        features = to_features(obs)
+        batch = {k: torch.as_tensor(np.asarray(features[k]))[None] for k in (*policy.image_keys, policy.cfg.state_key)}
         batch["instruction"] = [obs["instruction"]]
         return policy.predict_chunk(batch)[0, :policy.cfg.n_action_steps].cpu().numpy()

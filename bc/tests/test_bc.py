@@ -42,7 +42,7 @@ def smoke(tmp_path, **overrides) -> BCConfig:
 
 def _model_and_data(cfg):
     demos = collect_demos(demo_spec(cfg))
-    model = build_model(cfg, demos.stats, instruction_tokenizer(cfg), 39, 4)
+    model = build_model(cfg, demos.stats, instruction_tokenizer(cfg), 4, 4)
     return model, ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
 
 

@@ -1,12 +1,19 @@
 """The embedded manipulation suite: Meta-World v3 (MT10 by default, any MT50 task by name) with language.
 
 What a policy sees each step (`MetaWorldEnv.observation()`):
-    image        uint8 (S, S, 3), upright, from one camera, rendered headless with the fast recipe (no shadows,
-                 reflections or multisampling: ~10x faster on Mesa's software renderer)
+    images       {camera: uint8 (S, S, 3)}, upright, one per camera, rendered headless with the fast recipe (no
+                 shadows, reflections or multisampling: ~10x faster on Mesa's software renderer)
     state        float32 (4,)  proprioception: end-effector xyz and gripper opening
-    env_state    float32 (39,) Meta-World's full observation (hand, gripper, object poses, previous frame, goal)
+    env_state    float32 (39,) Meta-World's full observation (hand, gripper, object poses, previous frame, goal):
+                 privileged, an "oracle" input no real robot has
     instruction  str           one of the task's paraphrases (common/envs/metaworld_instructions.py)
-and it answers with a 4-D action in [-1, 1]: end-effector displacement xyz and gripper effort.
+and it answers with a 4-D action in [-1, 1]: end-effector displacement xyz and gripper effort. What a robot has is
+images + state + instruction; the default inputs of the manipulation methods are exactly those.
+
+The scene differs from Meta-World's in one respect: every goal marker (a site named "*goal*") is drawn in one
+colour. Meta-World colours them per task (reach red, push green, pick-place blue), so the marker's colour would name
+the task and a policy could ignore its instruction; with one colour, tasks that share a scene (see LANGUAGE_GROUPS)
+can only be told apart by the instruction.
 
 Episodes are reproducible. Meta-World ignores `reset(seed=...)`; an episode's object and goal placement is a
 "variation" drawn by `metaworld.MT1(task, seed)`, 50 per benchmark seed. Episode `e` of a run with seed `s` uses
@@ -20,6 +27,7 @@ so a policy is evaluated on placements it never saw.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -48,7 +56,7 @@ from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
-from common.envs.metaworld_instructions import INSTRUCTIONS  # noqa: E402
+from common.envs.metaworld_instructions import HELD_OUT_INSTRUCTIONS, INSTRUCTIONS  # noqa: E402
 from common.metrics import wilson_interval  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Constant")  # metaworld policies warn that their gains exceed [-1, 1]
@@ -57,6 +65,13 @@ MT10 = tuple(MT10_V3)
 MT50 = tuple(ALL_V3_ENVIRONMENTS)
 IMAGE_KEY = "observation.images.{camera}"
 STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 4, 39, 4
+# The entries of the 39-D observation no robot senses: object poses (4:18), their previous values (22:36), the goal.
+PRIVILEGED_DIMS = (*range(4, 18), *range(22, 36), *range(36, 39))
+GOAL_MARKER_RGBA = (0.0, 0.0, 0.8, 1.0)  # one colour for every goal marker (see the module docstring)
+SCENE_VERSION = 2  # part of every demo cache key; bumped when the rendered scene changes (2: one goal colour)
+# Tasks whose first frames cannot be told apart (one scene, one goal-marker colour): only the instruction says what to
+# do. Measured by `benchmarks/language_groups.py` (a classifier of first frames stays at chance; results/language_groups.md).
+LANGUAGE_GROUPS: tuple[tuple[str, ...], ...] = (("reach-v3", "push-v3", "pick-place-v3"),)
 # Meta-World's corner cameras are mounted upside down; their images are flipped vertically to be upright.
 _FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 _VARIATIONS_PER_SEED = 50  # metaworld._N_GOALS
@@ -87,19 +102,25 @@ def variation(task: str, seed: int, episode: int) -> "metaworld.Task":
 
 
 class MetaWorldEnv:
-    """One Meta-World task with an upright camera image, proprio state and a language instruction."""
+    """One Meta-World task with upright camera images, proprio state and a language instruction."""
 
-    def __init__(self, task: str, image_size: int = 128, camera: str = "corner", fast_render: bool = True,
-                 max_steps: int = 200):
+    def __init__(self, task: str, image_size: int = 128, cameras: tuple[str, ...] = ("corner",),
+                 fast_render: bool = True, max_steps: int = 200):
         (self.task,) = resolve_tasks([task])
         if not 0 < max_steps <= 500:
             raise ValueError(f"max_steps must be in (0, 500] (Meta-World's path limit), got {max_steps}")
-        self.image_size, self.camera, self.max_steps = image_size, camera, max_steps
+        self.image_size, self.cameras, self.max_steps = image_size, tuple(cameras), max_steps
         self.env = ALL_V3_ENVIRONMENTS[self.task]()
         model = self.env.model
         names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
-        if camera not in names:
-            raise ValueError(f"unknown camera {camera!r}; Meta-World has {names}")
+        for camera in self.cameras:
+            if camera not in names:
+                raise ValueError(f"unknown camera {camera!r}; Meta-World has {names}")
+        if not self.cameras:
+            raise ValueError("at least one camera is needed")
+        for i in range(model.nsite):
+            if "goal" in (mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_SITE, i) or "").lower():
+                model.site_rgba[i] = GOAL_MARKER_RGBA
         if fast_render:
             model.vis.quality.offsamples = 0  # no multisampling; must be set before the GL context exists
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, image_size)
@@ -119,37 +140,41 @@ class MetaWorldEnv:
         self.steps = 0
         return self.observation()
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
-        """Apply a 4-D action (clipped to [-1, 1]); `done` is success or the step limit."""
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+        """Apply a 4-D action (clipped to [-1, 1]); `done` is success or the step limit. `render=False` leaves the
+        images out of the observation (an action chunk executed open loop needs no image until its last step)."""
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
         self._obs, reward, _, _, info = self.env.step(action)
         self.steps += 1
         success = bool(info["success"])
-        return self.observation(), float(reward), success or self.steps >= self.max_steps, dict(info, success=success)
+        done = success or self.steps >= self.max_steps
+        return self.observation(render), float(reward), done, dict(info, success=success)
 
-    def render(self) -> np.ndarray:
-        self.renderer.update_scene(self.env.data, camera=self.camera)
+    def render(self, camera: str) -> np.ndarray:
+        self.renderer.update_scene(self.env.data, camera=camera)
         if self.fast_render:
             self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         image = self.renderer.render()
-        return np.ascontiguousarray(image[::-1]) if self.camera in _FLIPPED_CAMERAS else image
+        return np.ascontiguousarray(image[::-1]) if camera in _FLIPPED_CAMERAS else image
 
-    def observation(self) -> dict[str, Any]:
+    def observation(self, render: bool = True) -> dict[str, Any]:
         obs = self._obs.astype(np.float32)
-        return dict(image=self.render(), state=obs[:STATE_DIM].copy(), env_state=obs, instruction=self.instruction)
+        images = {camera: self.render(camera) for camera in self.cameras} if render else {}
+        return dict(images=images, state=obs[:STATE_DIM].copy(), env_state=obs, instruction=self.instruction)
 
     def close(self) -> None:
         self.renderer.close()
         self.env.close()
 
 
-def to_features(obs: dict[str, Any], camera: str) -> dict[str, Any]:
+def to_features(obs: dict[str, Any]) -> dict[str, Any]:
     """An environment observation under the dataset's feature names, so a policy reads both the same way."""
-    return {IMAGE_KEY.format(camera=camera): obs["image"], "observation.state": obs["state"],
-            "observation.environment_state": obs["env_state"], "instruction": obs["instruction"]}
+    return {**{IMAGE_KEY.format(camera=c): image for c, image in obs["images"].items()},
+            "observation.state": obs["state"], "observation.environment_state": obs["env_state"],
+            "instruction": obs["instruction"]}
 
 
 def instruction_for(task: str, seed: int, episode: int) -> str:
@@ -165,14 +190,21 @@ class DemoSpec:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 task names
     episodes_per_task: int = 10  # successful demonstrations kept per task
     image_size: int = 128  # square camera image side, pixels
-    camera: str = "corner"  # Meta-World camera name
+    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image feature each
     seed: int = 0  # demo placements use this run seed (evaluation uses another)
     max_steps: int = 200  # step limit of an expert episode
     max_attempts: int = 3  # tries per demo; a failed try moves on to a fresh placement
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
+        blob = json.dumps(dict(asdict(self), scene=SCENE_VERSION), sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def demo_spec(cfg: Any) -> DemoSpec:
+    """The demonstrations a method's config asks for (its fields tasks, episodes_per_task, demo_image_size, cameras,
+    demo_seed: the same names in every manipulation method)."""
+    return DemoSpec(tasks=cfg.tasks, episodes_per_task=cfg.episodes_per_task, image_size=cfg.demo_image_size,
+                    cameras=cfg.cameras, seed=cfg.demo_seed)
 
 
 def default_cache_dir() -> Path:
@@ -183,33 +215,55 @@ def collect_demos(spec: DemoSpec = DemoSpec(), workers: int = 2, cache_dir: str 
                   progress: bool = True) -> EpisodeDataset:
     """Scripted-expert demonstrations of `spec`, collected once over `workers` processes and cached on disk.
 
-    A second call with the same spec returns the cached dataset at once. A failed expert try (the scripted policies
+    A second call with the same spec returns the cached dataset at once, and so does a cached set that differs only
+    in having more cameras (a policy reads the image features it needs). A failed expert try (the scripted policies
     succeed ~99% of the time) is discarded and retried on a fresh placement; the success counts are kept in the
     dataset's `meta.json` (info.expert_attempts / info.expert_successes).
     """
-    root = Path(cache_dir or default_cache_dir()) / f"metaworld-{spec.key()}"
-    if (root / "meta.json").exists():
-        return EpisodeDataset(root)
-    jobs = [(spec, task, e) for task in spec.tasks for e in range(spec.episodes_per_task)]
-    image_key = IMAGE_KEY.format(camera=spec.camera)
-    features = {image_key: ((spec.image_size, spec.image_size, 3), "uint8"), "observation.state": ((STATE_DIM,), "float32"),
-                "observation.environment_state": ((ENV_STATE_DIM,), "float32"), "action": ((ACTION_DIM,), "float32"),
-                "reward": ((), "float32")}
-    attempts, successes = 0, 0
-    writer = EpisodeWriter(root, features, fps=80,  # Meta-World steps at 1 / (5 x 2.5 ms)
-                           info=dict(spec=asdict(spec), source="metaworld scripted policies"))
-    with writer, _pool(workers) as pool:
-        results = pool.imap(_demo_job, jobs) if pool else map(_demo_job, jobs)
-        for (_, task, e), (episode, tries) in tqdm(zip(jobs, results), total=len(jobs), desc="expert demos",
-                                                   disable=not progress):
-            attempts += tries
-            if episode is None:
-                raise RuntimeError(f"the scripted expert failed {tries} times on {task} episode {e}")
-            successes += 1
-            frames, instruction = episode
-            writer.add_episode(frames, task=task, instruction=instruction, success=True)
-        writer.info.update(expert_attempts=attempts, expert_successes=successes)
+    cache = Path(cache_dir or default_cache_dir())
+    found = _cached_demos(cache, spec)
+    if found is not None:
+        return found
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".metaworld-{spec.key()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process collecting the same demos: wait for it, then reuse them
+        found = _cached_demos(cache, spec)
+        if found is not None:
+            return found
+        jobs = [(spec, task, e) for task in spec.tasks for e in range(spec.episodes_per_task)]
+        features = {IMAGE_KEY.format(camera=c): ((spec.image_size, spec.image_size, 3), "uint8") for c in spec.cameras}
+        features.update({"observation.state": ((STATE_DIM,), "float32"),
+                         "observation.environment_state": ((ENV_STATE_DIM,), "float32"),
+                         "action": ((ACTION_DIM,), "float32"), "reward": ((), "float32")})
+        attempts, successes = 0, 0
+        root = cache / f"metaworld-{spec.key()}"
+        writer = EpisodeWriter(root, features, fps=80,  # Meta-World steps at 1 / (5 x 2.5 ms)
+                               info=dict(spec=asdict(spec), scene=SCENE_VERSION, source="metaworld scripted policies"))
+        with writer, _pool(workers) as pool:
+            results = pool.imap(_demo_job, jobs) if pool else map(_demo_job, jobs)
+            for (_, task, e), (episode, tries) in tqdm(zip(jobs, results), total=len(jobs), desc="expert demos",
+                                                       disable=not progress):
+                attempts += tries
+                if episode is None:
+                    raise RuntimeError(f"the scripted expert failed {tries} times on {task} episode {e}")
+                successes += 1
+                frames, instruction = episode
+                writer.add_episode(frames, task=task, instruction=instruction, success=True)
+            writer.info.update(expert_attempts=attempts, expert_successes=successes)
     return EpisodeDataset(root)
+
+
+def _cached_demos(cache: Path, spec: DemoSpec) -> EpisodeDataset | None:
+    """The cached demos of `spec`, or of a spec that differs only in having more cameras; None if there are none."""
+    if (cache / f"metaworld-{spec.key()}" / "meta.json").exists():
+        return EpisodeDataset(cache / f"metaworld-{spec.key()}")
+    for meta in sorted(cache.glob("metaworld-*/meta.json")):
+        info = json.loads(meta.read_text())["info"]
+        cached = dict(info["spec"], tasks=tuple(info["spec"]["tasks"]), cameras=tuple(info["spec"]["cameras"]))
+        if info.get("scene") == SCENE_VERSION and set(spec.cameras) <= set(cached["cameras"]) and \
+                DemoSpec(**dict(cached, cameras=spec.cameras)) == spec:
+            return EpisodeDataset(meta.parent)
+    return None
 
 
 def _pool(workers: int, policy: "Policy | None" = None):
@@ -236,12 +290,12 @@ def _init_worker(policy: "Policy | None") -> None:
 _ENVS: dict[tuple, MetaWorldEnv] = {}
 
 
-def _env(task: str, image_size: int, camera: str, max_steps: int) -> MetaWorldEnv:
-    """One environment per (task, image size, camera, step limit) per process, reused across episodes."""
-    key = (task, image_size, camera, max_steps)
+def _env(task: str, image_size: int, cameras: tuple[str, ...], max_steps: int) -> MetaWorldEnv:
+    """One environment per (task, image size, cameras, step limit) per process, reused across episodes."""
+    key = (task, image_size, tuple(cameras), max_steps)
     if key not in _ENVS:
         first = not _ENVS
-        _ENVS[key] = MetaWorldEnv(task, image_size=image_size, camera=camera, max_steps=max_steps)
+        _ENVS[key] = MetaWorldEnv(task, image_size=image_size, cameras=cameras, max_steps=max_steps)
         if first:  # registered after mujoco.egl's own exit hook (imported by the first renderer), so it runs first
             atexit.register(_close_envs)
     return _ENVS[key]
@@ -255,7 +309,7 @@ def _close_envs() -> None:  # free GL contexts before interpreter teardown (else
 def _demo_job(job: tuple[DemoSpec, str, int]):
     """Roll the scripted expert on demo `e` of `task`; returns ((frames, instruction) | None, tries)."""
     spec, task, e = job
-    env = _env(task, spec.image_size, spec.camera, spec.max_steps)
+    env = _env(task, spec.image_size, spec.cameras, spec.max_steps)
     expert = ENV_POLICY_MAP[task]()
     instruction = instruction_for(task, spec.seed, e)
     for attempt in range(spec.max_attempts):
@@ -265,7 +319,7 @@ def _demo_job(job: tuple[DemoSpec, str, int]):
         done, info = False, {"success": False}
         while not done:
             action = np.clip(expert.get_action(obs["env_state"].astype(np.float64)), -1, 1).astype(np.float32)
-            frame = to_features(obs, spec.camera)
+            frame = to_features(obs)
             del frame["instruction"]
             obs, reward, done, info = env.step(action)
             frames.append(dict(frame, action=action, reward=np.float32(reward)))
@@ -284,12 +338,58 @@ class EvalConfig:
     episodes_per_task: int = 10  # closed-loop episodes per task
     seed: int = 1000  # evaluation placements (differs from the demos' seed 0: held-out placements)
     image_size: int = 128  # must match what the policy was trained on
-    camera: str = "corner"  # Meta-World camera name
+    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, as in the demos
     max_steps: int = 200  # step limit per episode (Meta-World's own limit is 500)
+    # --- what the policy is told and shown (the standard evaluation and the probes of what a policy uses)
+    instruction: str = "canonical"  # "canonical": the task's first paraphrase (seen in training); "held_out": a
+    #                                 paraphrase absent from training (HELD_OUT_INSTRUCTIONS); "other_task": another
+    #                                 task's canonical instruction (see `other_task`); "empty": no instruction
+    blank_images: bool = False  # probe: every camera image replaced by black
+    privileged_fill: tuple[float, ...] | None = None  # probe: the privileged entries of the 39-D state
+    #                                 (PRIVILEGED_DIMS) replaced by these values' (39 numbers, e.g. the demos' mean)
     video_dir: str | None = None  # write rollout videos here (None: no videos)
     video_episodes: int = 1  # videos for the first k episodes of each task
     video_format: str = "mp4"  # "mp4" or "gif"
     workers: int = 1  # evaluation processes (the policy is pickled to each)
+
+    def __post_init__(self):
+        if self.instruction not in INSTRUCTION_MODES:
+            raise ValueError(f"instruction must be one of {INSTRUCTION_MODES}, got {self.instruction!r}")
+        if self.privileged_fill is not None and len(self.privileged_fill) != ENV_STATE_DIM:
+            raise ValueError(f"privileged_fill needs {ENV_STATE_DIM} values, got {len(self.privileged_fill)}")
+
+
+INSTRUCTION_MODES = ("canonical", "held_out", "other_task", "empty")
+
+
+def eval_config(cfg: Any, **overrides: Any) -> EvalConfig:
+    """The standard closed-loop evaluation of a method's config (its fields tasks, eval_episodes, eval_seed,
+    demo_image_size, cameras, eval_max_steps, video_dir, eval_workers), with `overrides` (a split or a probe)."""
+    return EvalConfig(**{**dict(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, seed=cfg.eval_seed,
+                                image_size=cfg.demo_image_size, cameras=cfg.cameras, max_steps=cfg.eval_max_steps,
+                                video_dir=cfg.video_dir, workers=cfg.eval_workers), **overrides})
+
+
+def other_task(task: str, tasks: tuple[str, ...]) -> str:
+    """The task whose instruction the "other_task" probe gives in `task`'s scene: the next task of its language group
+    among `tasks` where it has one (same scene, so only the words differ), else the next of `tasks` (cyclically)."""
+    group = next((g for g in LANGUAGE_GROUPS if task in g), ())
+    candidates = [t for t in group if t in tasks] if sum(t in tasks for t in group) > 1 else list(tasks)
+    if len(candidates) < 2:
+        raise ValueError(f"the other_task probe needs at least two tasks, got {tasks}")
+    return candidates[(candidates.index(task) + 1) % len(candidates)]
+
+
+def eval_instruction(cfg: EvalConfig, task: str, episode: int) -> str:
+    """What the policy is told in episode `episode` of `task` under `cfg.instruction`."""
+    if cfg.instruction == "canonical":
+        return INSTRUCTIONS[task][0]
+    if cfg.instruction == "held_out":
+        phrasings = HELD_OUT_INSTRUCTIONS[task]
+        return phrasings[episode % len(phrasings)]
+    if cfg.instruction == "other_task":
+        return INSTRUCTIONS[other_task(task, cfg.tasks)][0]
+    return ""
 
 
 @dataclass
@@ -343,24 +443,42 @@ def evaluate(policy: Policy, cfg: EvalConfig = EvalConfig(), progress: bool = Tr
 def _eval_job(job: tuple[EvalConfig, str, int], policy: Policy | None = None) -> tuple[bool, int]:
     cfg, task, e = job
     policy = policy or _worker_policy
-    env = _env(task, cfg.image_size, cfg.camera, cfg.max_steps)
-    obs = env.reset(cfg.seed, e)
+    env = _env(task, cfg.image_size, cfg.cameras, cfg.max_steps)
+    obs = env.reset(cfg.seed, e, eval_instruction(cfg, task, e))
     if hasattr(policy, "reset"):
         policy.reset()
-    frames = [obs["image"]] if cfg.video_dir and e < cfg.video_episodes else None
+    video = cfg.video_dir is not None and e < cfg.video_episodes
+    frames = [_video_frame(obs)] if video else None
     done, info = False, {"success": False}
     while not done:
-        actions = np.asarray(policy(obs), dtype=np.float32).reshape(-1, ACTION_DIM)
-        for action in actions:
-            obs, _, done, info = env.step(action)
+        actions = np.asarray(policy(_probed(obs, cfg)), dtype=np.float32).reshape(-1, ACTION_DIM)
+        for i, action in enumerate(actions):
+            # images are rendered only where they are used: for the policy's next call, or for the video
+            obs, _, done, info = env.step(action, render=video or i == len(actions) - 1)
             if frames is not None:
-                frames.append(obs["image"])
+                frames.append(_video_frame(obs))
             if done:
                 break
     if frames is not None:
         outcome = "success" if info["success"] else "failure"
         save_video(frames, Path(cfg.video_dir) / f"{task}_ep{e:03d}_{outcome}.{cfg.video_format}")
     return bool(info["success"]), env.steps
+
+
+def _probed(obs: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """The observation as `cfg`'s probes show it to the policy (the environment itself is untouched)."""
+    if cfg.blank_images:
+        obs = dict(obs, images={c: np.zeros_like(image) for c, image in obs["images"].items()})
+    if cfg.privileged_fill is not None:
+        state = obs["env_state"].copy()
+        state[list(PRIVILEGED_DIMS)] = np.asarray(cfg.privileged_fill, dtype=np.float32)[list(PRIVILEGED_DIMS)]
+        obs = dict(obs, env_state=state)
+    return obs
+
+
+def _video_frame(obs: dict[str, Any]) -> np.ndarray:
+    """Every camera's image side by side."""
+    return np.concatenate(list(obs["images"].values()), axis=1)
 
 
 def save_video(frames: list[np.ndarray], path: str | Path, fps: int = 20) -> Path:

@@ -2,9 +2,13 @@ import numpy as np
 import pytest
 from metaworld.policies import ENV_POLICY_MAP
 
-from common.envs.metaworld import (MT10, MT50, DemoSpec, EvalConfig, MetaWorldEnv, collect_demos, evaluate,
-                                   format_results, instruction_for, resolve_tasks)
-from common.envs.metaworld_instructions import INSTRUCTIONS
+import mujoco
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+from common.envs.metaworld import (GOAL_MARKER_RGBA, MT10, MT50, PRIVILEGED_DIMS, DemoSpec, EvalConfig, MetaWorldEnv,
+                                   collect_demos, evaluate, format_results, instruction_for, other_task,
+                                   resolve_tasks)
+from common.envs.metaworld_instructions import HELD_OUT_INSTRUCTIONS, INSTRUCTIONS
 from common.metrics import wilson_interval
 
 
@@ -24,9 +28,9 @@ class Expert:
 
 
 def test_images_are_upright_and_not_empty():
-    env = MetaWorldEnv("drawer-close", image_size=64, camera="corner")
+    env = MetaWorldEnv("drawer-close", image_size=64, cameras=("corner",))
     obs = env.reset(seed=0, episode=0)
-    image = obs["image"].astype(int)
+    image = obs["images"]["corner"].astype(int)
     assert image.shape == (64, 64, 3) and image.dtype == np.int64 and image.std() > 20
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     wood = (r > g + 10) & (g > b) & (r - b > 30)  # the table top (and the red robot) are warm colours
@@ -96,3 +100,76 @@ def test_task_names_and_instructions():
         resolve_tasks(["reech"])
     assert set(INSTRUCTIONS) == set(MT50) and all(len(set(p)) >= 3 for p in INSTRUCTIONS.values())
     assert len({instruction_for("reach-v3", 0, e) for e in range(20)}) > 1
+
+
+def test_task_names_and_held_out_instructions():
+    """Every task has held-out paraphrases, none of them a training paraphrase."""
+    assert set(HELD_OUT_INSTRUCTIONS) == set(MT50)
+    for task, phrasings in HELD_OUT_INSTRUCTIONS.items():
+        assert len(set(phrasings)) >= 2 and not set(phrasings) & set(INSTRUCTIONS[task]), task
+
+
+def test_goal_markers_share_one_colour():
+    """Meta-World colours reach's goal red and push's green; ours draws every goal marker in one colour."""
+    for task in ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3"):
+        original = ALL_V3_ENVIRONMENTS[task]()
+        goal = mujoco.mj_name2id(original.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+        env = MetaWorldEnv(task, image_size=32)
+        np.testing.assert_allclose(env.env.model.site_rgba[goal], GOAL_MARKER_RGBA, atol=1e-6)
+        if task == "reach-v3":
+            assert tuple(original.model.site_rgba[goal][:3]) != GOAL_MARKER_RGBA[:3]
+        original.close()
+        env.close()
+
+
+class Recorder:
+    """A policy that records what it is shown and returns a chunk of k zero actions."""
+
+    def __init__(self, chunk=4):
+        self.chunk, self.seen = chunk, []
+
+    def __call__(self, obs):
+        self.seen.append(obs)
+        return np.zeros((self.chunk, 4))
+
+
+def test_probes_change_only_what_the_policy_is_shown():
+    tasks = ("reach-v3", "push-v3", "drawer-close-v3")
+    assert other_task("reach-v3", tasks) == "push-v3" and other_task("push-v3", tasks) == "reach-v3"  # its group
+    assert other_task("drawer-close-v3", tasks) == "reach-v3"  # no group member: the next task, cyclically
+    base = dict(tasks=tasks, episodes_per_task=2, image_size=32, max_steps=12)
+    told = {}
+    for mode in ("canonical", "held_out", "other_task", "empty"):
+        policy = Recorder()
+        evaluate(policy, EvalConfig(**base, instruction=mode), progress=False)
+        assert len(policy.seen) == 3 * 2 * 3  # 12 steps in chunks of 4, images rendered for every call
+        assert all(o["images"]["corner"].shape == (32, 32, 3) and o["images"]["corner"].std() > 10 for o in policy.seen)
+        told[mode] = [o["instruction"] for o in policy.seen[::3]]
+    assert told["canonical"] == [INSTRUCTIONS[t][0] for t in tasks for _ in range(2)]
+    assert told["held_out"] == [HELD_OUT_INSTRUCTIONS[t][e] for t in tasks for e in range(2)]
+    assert told["other_task"] == [INSTRUCTIONS[t][0] for t in ("push-v3", "reach-v3", "reach-v3") for _ in range(2)]
+    assert told["empty"] == [""] * 6
+    plain, probed = Recorder(), Recorder()
+    fill = tuple(float(i) for i in range(39))
+    evaluate(plain, EvalConfig(**base), progress=False)
+    evaluate(probed, EvalConfig(**base, blank_images=True, privileged_fill=fill), progress=False)
+    for a, b in zip(plain.seen, probed.seen):
+        assert not b["images"]["corner"].any() and a["images"]["corner"].any()
+        np.testing.assert_array_equal(b["state"], a["state"])  # the proprioception is kept
+        kept = [i for i in range(39) if i not in PRIVILEGED_DIMS]
+        np.testing.assert_array_equal(b["env_state"][kept], a["env_state"][kept])
+        np.testing.assert_array_equal(b["env_state"][list(PRIVILEGED_DIMS)], np.array(fill)[list(PRIVILEGED_DIMS)])
+    with pytest.raises(ValueError, match="instruction"):
+        EvalConfig(instruction="shuffled")
+
+
+def test_cached_demos_with_more_cameras_serve_fewer(tmp_path):
+    spec = DemoSpec(tasks=("reach-v3",), episodes_per_task=1, image_size=32, cameras=("corner", "gripperPOV"))
+    both = collect_demos(spec, workers=1, cache_dir=tmp_path, progress=False)
+    assert {"observation.images.corner", "observation.images.gripperPOV"} <= set(both.features)
+    one = collect_demos(DemoSpec(tasks=("reach-v3",), episodes_per_task=1, image_size=32, cameras=("corner",)),
+                        workers=1, cache_dir=tmp_path, progress=False)
+    assert one.root == both.root
+    other = collect_demos(DemoSpec(tasks=("reach-v3",), episodes_per_task=1, image_size=32, cameras=("corner3",)),
+                          workers=1, cache_dir=tmp_path, progress=False)
+    assert other.root != both.root and set(other.features) >= {"observation.images.corner3"}

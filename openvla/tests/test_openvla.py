@@ -302,8 +302,8 @@ def test_policy_tokenises_demo_actions(cache, tmp_path):
     cfg = resolve(smoke(tmp_path))
     demos = collect_demos(demo_spec(cfg))
     tokenizer_json = build_tokenizer(cfg)
-    policy = build_policy(dataclasses.replace(cfg, max_text_tokens=40), demos.stats, tokenizer_json, STATE_DIM,
-                          ACTION_DIM)
+    policy = build_policy(dataclasses.replace(cfg, max_text_tokens=40), demos.stats, tokenizer_json,
+                          demos.features[cfg.state_key]["shape"][0], ACTION_DIM)
     assert len(policy.tokenizer) <= cfg.text_vocab - cfg.action_bins
     data = ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
     batch = torch.utils.data.default_collate([data[i] for i in range(0, len(data), 17)])

@@ -238,7 +238,7 @@ def test_policy_loss_on_demo_chunks(cache, tmp_path, variant):
     """The policy's loss on a demo batch is the model's squared error, normalised and masked as above."""
     cfg = smoke(tmp_path, variant=variant, max_text_tokens=120)
     demos = collect_demos(demo_spec(cfg))
-    policy = build_policy(cfg, demos.stats, build_tokenizer(cfg, demos), 39, 4)
+    policy = build_policy(cfg, demos.stats, build_tokenizer(cfg, demos), 4, 4)
     data = ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
     batch = torch.utils.data.default_collate([data[0], data[demos.episodes[0]["length"] - 1]])
     assert batch["action_is_pad"][1].sum() == cfg.horizon - 1  # the last frame: 1 real step, H-1 padded

@@ -1,0 +1,301 @@
+"""The cross-method manipulation table: every manipulation method on Meta-World MT10 with what a robot has (camera
+images, its proprioception, the instruction), trained on the same demos with the same budget for several seeds,
+then evaluated on held-out splits and on probes of what each policy uses.
+
+    python benchmarks/mt10.py                         # every run not done yet, then the table and figure
+    python benchmarks/mt10.py --methods pi0,bc --seeds 0,1 --jobs 2
+    python benchmarks/mt10.py --report                # only redraw results/mt10.{md,csv,png} from the run files
+    python benchmarks/mt10.py --quick --out /tmp/q    # smoke: tiny models, two tasks, one seed (a test runs it)
+
+Rows: each method with robot inputs (3 training seeds) and with Meta-World's privileged 39-D state instead of the
+proprioception ("oracle", one seed). Columns, all on placements no demo used:
+  standard           evaluation seed 1000's placements, the task's canonical (training) instruction
+  seed 2000          another evaluation seed's placements
+  novel phrasing     seed 1000's placements, told a paraphrase absent from training (HELD_OUT_INSTRUCTIONS)
+  language           the standard split's tasks that share one scene (LANGUAGE_GROUPS): only the words differ
+and the probes (seed 1000's placements, one input taken away):
+  blank image        every camera image black
+  other instruction  told another task's instruction (in a language group: another task of the group)
+  no privileged      oracle rows: the object and goal entries of the 39-D state replaced by the demos' mean
+
+Each run (method, inputs, seed) is one subprocess that trains, evaluates every split and probe, and writes
+results/mt10/<method>-<inputs>-s<seed>.json: the commit, the full config, the seeds, a hash of the code it ran (the
+method's folder and common/), wall clock and per-task successes. A run whose file holds the current code hash and
+settings is reused, so an interrupted table continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._results import RESULTS, provenance, save_table  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Method:
+    folder: str  # the method's folder: its config.PRESETS, train.train, eval.load_policy, model.ClosedLoopPolicy
+    flags: tuple[str, ...] = ()  # the flags that select this row's variant
+
+
+METHODS = {"bc": Method("bc"), "pi0": Method("pi0"), "pi05": Method("pi0", ("--variant", "pi05")),
+           "openvla": Method("openvla"), "openvla-oft": Method("openvla", ("--variant", "oft"))}
+INPUTS = {"robot": "observation.state", "oracle": "observation.environment_state"}  # the state each row reads
+# What every run shares: the same demos, inputs, budget and evaluation. (The methods' own defaults are the same.)
+SHARED = dict(tasks="mt10", episodes_per_task=10, demo_image_size=128, cameras=("corner",), demo_seed=0, steps=3000,
+              batch_size=32, eval_episodes=10, eval_seed=1000, eval_max_steps=200)
+QUICK = dict(tasks=("reach-v3", "push-v3"), episodes_per_task=2, demo_image_size=32, cameras=("corner",), demo_seed=0,
+             steps=4, batch_size=8, eval_episodes=1, eval_seed=1000, eval_max_steps=8)
+# name -> EvalConfig overrides; "language" is read off "standard" (and "other instruction") for the grouped tasks
+EVALS = {"standard": {}, "seed 2000": dict(seed=2000), "novel phrasing": dict(instruction="held_out"),
+         "blank image": dict(blank_images=True), "other instruction": dict(instruction="other_task"),
+         "no privileged": "privileged_fill"}
+COLUMNS = ["standard", "seed 2000", "novel phrasing", "language", "blank image", "other instruction",
+           "language, other instruction", "no privileged"]
+
+
+def run_name(method: str, inputs: str, seed: int) -> str:
+    return f"{method}-{inputs}-s{seed}"
+
+
+def code_version(folder: str) -> str:
+    """A hash of the code a run executes: the method's folder (without tests and tools) and common/."""
+    files = [p for p in sorted((REPO / folder).glob("*.py"))] + sorted((REPO / "common").rglob("*.py"))
+    digest = hashlib.sha1()
+    for path in files:
+        if "tests" not in path.parts:
+            digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def settings(quick: bool) -> dict:
+    shared = dict(QUICK if quick else SHARED)
+    from common.envs.metaworld import resolve_tasks
+    shared["tasks"] = resolve_tasks(shared["tasks"])
+    return shared
+
+
+def cli_flags(values: dict) -> list[str]:
+    """Config fields as tyro flags (tuples as several values)."""
+    flags = []
+    for key, value in values.items():
+        flags += [f"--{key}", *map(str, value)] if isinstance(value, tuple) else [f"--{key}", str(value)]
+    return flags
+
+
+# ------------------------------------------------------------------------------------------------------ one run
+def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, threads: int, eval_workers: int) -> dict:
+    """Train one policy, evaluate it on every split and probe, write its result file (inside a subprocess)."""
+    import numpy as np
+    import torch
+    from common.config import parse_config, to_dict
+    from common.envs.metaworld import LANGUAGE_GROUPS, collect_demos, demo_spec, eval_config, evaluate
+    spec = METHODS[method]
+    config, train, evaluation, model = (importlib.import_module(f"{spec.folder}.{m}")
+                                        for m in ("config", "train", "eval", "model"))
+    run_dir = out / "runs" / run_name(method, inputs, seed)
+    shared = settings(quick)
+    args = [*spec.flags, "--preset", "smoke" if quick else "tiny", *cli_flags(shared), "--state_key", INPUTS[inputs],
+            "--seed", str(seed), "--run_dir", str(run_dir), "--eval_episodes", "0", "--threads", str(threads)]
+    cfg = parse_config(config.PRESETS, args)
+    resume = (run_dir / "checkpoints" / "last").exists()  # an interrupted training continues exactly
+    started = time.time()
+    train.train(replace(cfg, resume=resume))
+    trained = time.time()
+
+    policy, cfg = evaluation.load_policy(run_dir)
+    cfg = replace(cfg, eval_episodes=shared["eval_episodes"], eval_workers=eval_workers)
+    torch.set_num_threads(1)
+    results = {}
+    for name, overrides in EVALS.items():
+        if overrides == "privileged_fill":
+            if inputs != "oracle":
+                continue  # robot inputs hold no privileged state to remove
+            overrides = dict(privileged_fill=tuple(collect_demos(demo_spec(cfg)).stats[INPUTS["oracle"]]["mean"]))
+        outcome = evaluate(model.ClosedLoopPolicy(policy), eval_config(cfg, **overrides), progress=False)
+        results[name] = {task: dict(successes=r.successes, episodes=r.episodes, mean_length=r.mean_length)
+                         for task, r in outcome.items()}
+        print(f"{run_name(method, inputs, seed)} {name}: {np.mean([r.success_rate for r in outcome.values()]):.1%}",
+              flush=True)
+    record = dict(method=method, inputs=inputs, seed=seed, code_version=code_version(spec.folder),
+                  settings=json.loads(json.dumps(shared)), provenance=provenance(to_dict(cfg)),
+                  language_groups=[list(g) for g in LANGUAGE_GROUPS], train_seconds=trained - started,
+                  eval_seconds=time.time() - trained, threads=threads, results=results)
+    path = out / f"{run_name(method, inputs, seed)}.json"
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def is_done(path: Path, method: str, quick: bool) -> bool:
+    if not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    return (record["code_version"] == code_version(METHODS[method].folder)
+            and record["settings"] == json.loads(json.dumps(settings(quick))))
+
+
+# ------------------------------------------------------------------------------------------------------ the table
+def success(results: dict, tasks) -> tuple[int, int]:
+    return sum(results[t]["successes"] for t in tasks), sum(results[t]["episodes"] for t in tasks)
+
+
+def column_values(record: dict, column: str) -> tuple[int, int] | None:
+    """(successes, episodes) of one run in one column, or None where the column does not apply."""
+    results = record["results"]
+    grouped = [t for g in record["language_groups"] for t in g if t in results["standard"]
+               and sum(u in results["standard"] for u in g) > 1]
+    if column.startswith("language"):
+        source = results.get("other instruction" if "other" in column else "standard")
+        return success(source, grouped) if grouped and source else None
+    return success(results[column], results[column]) if column in results else None
+
+
+def report(out: Path, stem: str) -> str:
+    """Table (Markdown + CSV) and figure from every run file in `out`."""
+    from common.metrics import wilson_interval
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    if not records:
+        raise SystemExit(f"no run files in {out}: run the benchmark first")
+    rows = {}
+    for r in records:
+        rows.setdefault((r["method"], r["inputs"]), []).append(r)
+    order = [(m, i) for i in INPUTS for m in METHODS if (m, i) in rows]
+    md_rows, csv_rows, per_task = [], [], {}
+    for key in order:
+        runs = sorted(rows[key], key=lambda r: r["seed"])
+        cells = []
+        for column in COLUMNS:
+            values = [column_values(r, column) for r in runs]
+            if any(v is None for v in values):
+                cells.append("—")
+                csv_rows.append([*key, column, "", "", "", "", "", len(runs)])
+                continue
+            rates = [s / n for s, n in values]
+            mean = statistics.mean(rates)
+            std = statistics.stdev(rates) if len(rates) > 1 else float("nan")
+            lo, hi = wilson_interval(sum(s for s, _ in values), sum(n for _, n in values))
+            cells.append(f"{mean:.0%}" + (f" ± {std:.0%}" if len(rates) > 1 else "") + f" [{lo:.2f}, {hi:.2f}]")
+            csv_rows.append([*key, column, mean, std, lo, hi, ";".join(f"{x:.4f}" for x in rates), len(runs)])
+        minutes = statistics.mean((r["train_seconds"] + r["eval_seconds"]) / 60 for r in runs)
+        train_minutes = statistics.mean(r["train_seconds"] / 60 for r in runs)
+        md_rows.append([f"{key[0]} ({key[1]})", ",".join(str(r["seed"]) for r in runs), *cells,
+                        f"{train_minutes:.0f} / {minutes:.0f}"])
+        standard = [r["results"]["standard"] for r in runs]
+        per_task[key] = {t: statistics.mean(s[t]["successes"] / s[t]["episodes"] for s in standard) for t in standard[0]}
+    commits = sorted({f"{r['provenance']['commit']}{'+' if r['provenance']['dirty'] else ''}" for r in records})
+    shared = records[0]["settings"]
+    header = (f"Meta-World MT10, success rate on placements no demo used: mean ± sample std over training seeds "
+              f"[95% Wilson interval of the pooled episodes]; {shared['eval_episodes']} episodes per task per seed. "
+              f"Robot inputs: camera {'+'.join(shared['cameras'])} at {shared['demo_image_size']} px, 4-D "
+              f"proprioception, the instruction; oracle: the privileged 39-D state instead of the proprioception. "
+              f"Same demos ({shared['episodes_per_task']} per task), {shared['steps']} steps of batch "
+              f"{shared['batch_size']} for every method. Regenerate: `python benchmarks/mt10.py` (runs) or "
+              f"`--report` (this table). Runs at commits {', '.join(commits)} (+: uncommitted changes); each run "
+              f"file holds its full config.")
+    columns = ["method (inputs)", "seeds", *COLUMNS, "minutes per run (train / all)"]
+    csv_columns = ["method", "inputs", "column", "mean", "std", "wilson_lo", "wilson_hi", "per_seed", "seeds"]
+    table = save_table(stem, header, columns, md_rows, csv_columns, csv_rows, directory=out.parent)
+    tasks = list(next(iter(per_task.values())))
+    task_rows = [[t.removesuffix("-v3"), *(f"{per_task[k][t]:.0%}" for k in order)] for t in tasks]
+    save_table(f"{stem}_tasks", "Standard split, success per task (mean over seeds).",
+               ["task", *(f"{m} ({i})" for m, i in order)], task_rows, ["task", *(f"{m}-{i}" for m, i in order)],
+               [[t, *(per_task[k][t] for k in order)] for t in tasks], directory=out.parent)
+    plot(rows, order, out.parent / f"{stem}.png")
+    return table
+
+
+def plot(rows: dict, order: list, path: Path) -> None:
+    """Bars = mean over seeds, dots = seeds, one group of bars per column."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    columns = [c for c in COLUMNS if any(column_values(r, c) is not None for k in order for r in rows[k])]
+    width = 0.8 / len(order)
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(columns) * len(order) / 3), 4))
+    for i, key in enumerate(order):
+        for j, column in enumerate(columns):
+            values = [column_values(r, column) for r in rows[key]]
+            if any(v is None for v in values):
+                continue
+            rates = [s / n for s, n in values]
+            x = j + (i - (len(order) - 1) / 2) * width
+            ax.bar(x, statistics.mean(rates), width, color=f"C{i}", alpha=0.45 if key[1] == "oracle" else 0.9,
+                   label=f"{key[0]} ({key[1]})" if j == 0 else None)
+            ax.scatter([x] * len(rates), rates, color="black", s=6, zorder=3)
+    ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
+    ax.set(ylabel="success rate", ylim=(0, 1), title="Meta-World MT10: bars = mean over training seeds, dots = seeds")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the robot-input rows")
+    parser.add_argument("--oracle_seeds", default="0", help="training seeds of the oracle rows ('' for none)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets 2 // jobs threads)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "mt10", help="run files go here, the table beside it")
+    parser.add_argument("--quick", action="store_true", help="smoke presets, two tasks, a few steps, one seed")
+    parser.add_argument("--report", action="store_true", help="only regenerate the table and figure")
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: method:inputs:seed:threads:eval_workers
+    args = parser.parse_args()
+    if args.run:
+        method, inputs, seed, threads, workers = args.run.split(":")
+        run_one(method, inputs, int(seed), args.out, args.quick, int(threads), int(workers))
+        return
+    stem = args.out.name
+    if not args.report:
+        methods = args.methods.split(",")
+        unknown = set(methods) - set(METHODS)
+        if unknown:
+            raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+        seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+        oracle_seeds = [int(s) for s in args.oracle_seeds.split(",") if s]
+        jobs = [(m, "robot", s) for s in seeds for m in methods] + [(m, "oracle", s) for s in oracle_seeds
+                                                                   for m in methods]
+        todo = [j for j in jobs if not is_done(args.out / f"{run_name(*j)}.json", j[0], args.quick)]
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; {len(todo)} to run, {args.jobs} at a time")
+        args.out.mkdir(parents=True, exist_ok=True)
+        threads, workers = max(1, 2 // args.jobs), max(1, 2 // args.jobs)
+
+        def launch(job):
+            name = run_name(*job)
+            log = args.out / "logs" / f"{name}.log"
+            log.parent.mkdir(exist_ok=True)
+            command = [sys.executable, __file__, "--run", f"{job[0]}:{job[1]}:{job[2]}:{threads}:{workers}",
+                       "--out", str(args.out), *(["--quick"] if args.quick else [])]
+            started = time.time()
+            with open(log, "w") as f:
+                code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+            print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code}), see {log}'} in "
+                  f"{(time.time() - started) / 60:.1f} min", flush=True)
+            return code
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(launch, todo))
+        if any(codes):
+            raise SystemExit(f"{sum(c != 0 for c in codes)} runs failed")
+    report(args.out, stem)
+
+
+if __name__ == "__main__":
+    main()

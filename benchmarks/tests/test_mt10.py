@@ -1,0 +1,61 @@
+"""`benchmarks/mt10.py --quick` end to end: every manipulation method trains, is evaluated on every split and probe,
+writes a stamped run file; a second call reuses the finished runs; the table, per-task table and figure are written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import mt10
+
+SCRIPT = Path(mt10.__file__)
+
+
+def run(*args, out):
+    return subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), *args], capture_output=True,
+                          text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "mt10"
+    first = run("--oracle_seeds", "", "--jobs", "2", out=out)
+    return out, first
+
+
+def test_every_method_runs_every_split_and_probe(quick):
+    out, first = quick
+    assert "0 of 5 runs already done" in first
+    for method in mt10.METHODS:
+        record = json.loads((out / f"{method}-robot-s0.json").read_text())
+        assert (record["method"], record["inputs"], record["seed"]) == (method, "robot", 0)
+        assert record["provenance"]["commit"] and record["provenance"]["config"]["seed"] == 0
+        assert record["provenance"]["config"]["state_key"] == "observation.state"
+        assert record["code_version"] == mt10.code_version(mt10.METHODS[method].folder)
+        assert set(record["results"]) == {"standard", "seed 2000", "novel phrasing", "blank image",
+                                          "other instruction"}  # no privileged state to remove
+        for split in record["results"].values():
+            assert set(split) == {"reach-v3", "push-v3"} and all(r["episodes"] == 1 for r in split.values())
+        assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
+
+
+def test_finished_runs_are_reused_and_oracle_rows_added(quick):
+    out, _ = quick
+    before = (out / "bc-robot-s0.json").stat().st_mtime_ns
+    second = run("--methods", "bc", "--oracle_seeds", "0", out=out)
+    assert "1 of 2 runs already done" in second
+    assert (out / "bc-robot-s0.json").stat().st_mtime_ns == before
+    oracle = json.loads((out / "bc-oracle-s0.json").read_text())
+    assert oracle["provenance"]["config"]["state_key"] == "observation.environment_state"
+    assert "no privileged" in oracle["results"]
+    table = (out.parent / "mt10.md").read_text()
+    assert "| bc (oracle) | 0 |" in table and "| pi0 (robot) | 0 |" in table and "language, other instruction" in table
+    for name in ("mt10.csv", "mt10.png", "mt10_tasks.md", "mt10_tasks.csv"):
+        assert (out.parent / name).stat().st_size > 0
+
+
+def test_report_needs_run_files(tmp_path):
+    with pytest.raises(subprocess.CalledProcessError):
+        run("--report", out=tmp_path / "mt10")
