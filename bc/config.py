@@ -9,7 +9,7 @@ from common.envs.metaworld import MT10
 class BCConfig:
     # --- data: scripted-expert demonstrations on Meta-World (collected once, cached by these fields)
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
-    episodes_per_task: int = 10  # expert demonstrations per task
+    episodes_per_task: int = 50  # expert demonstrations per task (50: LIBERO's count; see benchmarks/README.md)
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
     cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image input each (e.g. corner,gripperPOV)
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)

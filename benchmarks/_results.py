@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def provenance(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What produced a result: the commit (and whether the tree had uncommitted changes), the date, the versions
-    and the full config."""
+    """What produced a result: the commit (and whether its Python files had uncommitted changes), the date, the
+    versions and the full config."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
     import torch
-    return dict(commit=git("rev-parse", "--short", "HEAD"), dirty=bool(git("status", "--porcelain", "--untracked-files=no")),
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "*.py"))
+    return dict(commit=git("rev-parse", "--short", "HEAD"), dirty=dirty,
                 date=datetime.date.today().isoformat(), python=platform.python_version(), torch=torch.__version__,
                 config=dict(config))
 

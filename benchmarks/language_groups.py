@@ -1,7 +1,7 @@
 """Which Meta-World tasks share a starting scene, so that only the instruction says what to do?
 
 For every group of MT50 tasks that load the same MJCF file (plus the families built from near-identical files:
-reach / push / pick-place and their -wall versions), this renders the first frame of many placements of each task,
+reach / push / pick-place and their -wall versions, and every pair within those), this renders the first frame of many placements of each task,
 as a policy sees it (the cameras, at the policies' 64 px, plus the 4-D proprio state), and trains a small CNN to
 name the task from it. Trained on placements of one seed and tested on placements of another: where the test
 accuracy stays at chance (its 95% Wilson interval holds 1/k), no policy can tell the tasks apart from what it sees
@@ -41,13 +41,14 @@ NEAR_IDENTICAL = [("reach-v3", "push-v3", "pick-place-v3"), ("reach-wall-v3", "p
 
 
 def candidate_groups() -> list[tuple[str, ...]]:
-    """MT50 tasks grouped by the MJCF file they load, plus the near-identical families."""
+    """MT50 tasks grouped by the MJCF file they load, plus the near-identical families and each pair of them."""
     by_file = defaultdict(list)
     for task in MT50:
         env = ALL_V3_ENVIRONMENTS[task]()
         by_file[Path(env.model_name).name].append(task)
         env.close()
-    return [tuple(g) for g in by_file.values() if len(g) > 1] + NEAR_IDENTICAL
+    pairs = [(a, b) for family in NEAR_IDENTICAL for i, a in enumerate(family) for b in family[i + 1:]]
+    return [tuple(g) for g in by_file.values() if len(g) > 1] + NEAR_IDENTICAL + pairs
 
 
 def first_frames(task: str, seed: int, placements: int, cameras: tuple[str, ...], size: int, task_colours: bool):

@@ -8,7 +8,7 @@ then evaluated on held-out splits and on probes of what each policy uses.
     python benchmarks/mt10.py --quick --out /tmp/q    # smoke: tiny models, two tasks, one seed (a test runs it)
 
 Rows: each method with robot inputs (3 training seeds) and with Meta-World's privileged 39-D state instead of the
-proprioception ("oracle", one seed). Columns, all on placements no demo used:
+proprioception ("oracle", one seed; not OpenVLA, which reads no state). Columns, all on placements no demo used:
   standard           evaluation seed 1000's placements, the task's canonical (training) instruction
   seed 2000          another evaluation seed's placements
   novel phrasing     seed 1000's placements, told a paraphrase absent from training (HELD_OUT_INSTRUCTIONS)
@@ -27,6 +27,7 @@ settings is reused, so an interrupted table continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import importlib
 import json
@@ -51,13 +52,14 @@ from benchmarks._results import RESULTS, provenance, save_table  # noqa: E402
 class Method:
     folder: str  # the method's folder: its config.PRESETS, train.train, eval.load_policy, model.ClosedLoopPolicy
     flags: tuple[str, ...] = ()  # the flags that select this row's variant
+    reads_state: bool = True  # False: image + instruction only (OpenVLA), so it has no oracle row
 
 
 METHODS = {"bc": Method("bc"), "pi0": Method("pi0"), "pi05": Method("pi0", ("--variant", "pi05")),
-           "openvla": Method("openvla"), "openvla-oft": Method("openvla", ("--variant", "oft"))}
+           "openvla": Method("openvla", reads_state=False), "openvla-oft": Method("openvla", ("--variant", "oft"))}
 INPUTS = {"robot": "observation.state", "oracle": "observation.environment_state"}  # the state each row reads
 # What every run shares: the same demos, inputs, budget and evaluation. (The methods' own defaults are the same.)
-SHARED = dict(tasks="mt10", episodes_per_task=10, demo_image_size=128, cameras=("corner",), demo_seed=0, steps=3000,
+SHARED = dict(tasks="mt10", episodes_per_task=50, demo_image_size=128, cameras=("corner",), demo_seed=0, steps=3000,
               batch_size=32, eval_episodes=10, eval_seed=1000, eval_max_steps=200)
 QUICK = dict(tasks=("reach-v3", "push-v3"), episodes_per_task=2, demo_image_size=32, cameras=("corner",), demo_seed=0,
              steps=4, batch_size=8, eval_episodes=1, eval_seed=1000, eval_max_steps=8)
@@ -74,17 +76,31 @@ def run_name(method: str, inputs: str, seed: int) -> str:
 
 
 def code_version(folder: str) -> str:
-    """A hash of the code a run executes: the method's folder (without tests and tools) and common/."""
-    files = [p for p in sorted((REPO / folder).glob("*.py"))] + sorted((REPO / "common").rglob("*.py"))
+    """A hash of the code a run executes: the method's folder (without tests and tools) and common/, read as syntax
+    trees without docstrings, so an edit of the documentation or comments does not invalidate finished runs."""
+    files = sorted((REPO / folder).glob("*.py")) + sorted(p for p in (REPO / "common").rglob("*.py")
+                                                          if "tests" not in p.parts)
     digest = hashlib.sha1()
     for path in files:
-        if "tests" not in path.parts:
-            digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        digest.update(path.relative_to(REPO).as_posix().encode() + ast.dump(tree).encode())
     return digest.hexdigest()[:12]
 
 
-def settings(quick: bool) -> dict:
+def settings(quick: bool, overrides: tuple[str, ...] = ()) -> dict:
+    """The shared settings of every run, with `overrides` ("key=value"; tuples comma-separated) for ablations."""
     shared = dict(QUICK if quick else SHARED)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in shared:
+            raise SystemExit(f"--set {item}: unknown setting; choose from {sorted(shared)}")
+        default = shared[key]
+        shared[key] = tuple(value.split(",")) if isinstance(default, tuple) else type(default)(value)
     from common.envs.metaworld import resolve_tasks
     shared["tasks"] = resolve_tasks(shared["tasks"])
     return shared
@@ -99,7 +115,8 @@ def cli_flags(values: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ one run
-def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, threads: int, eval_workers: int) -> dict:
+def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrides: tuple[str, ...], threads: int,
+            eval_workers: int) -> dict:
     """Train one policy, evaluate it on every split and probe, write its result file (inside a subprocess)."""
     import numpy as np
     import torch
@@ -109,7 +126,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, threads
     config, train, evaluation, model = (importlib.import_module(f"{spec.folder}.{m}")
                                         for m in ("config", "train", "eval", "model"))
     run_dir = out / "runs" / run_name(method, inputs, seed)
-    shared = settings(quick)
+    shared = settings(quick, overrides)
     args = [*spec.flags, "--preset", "smoke" if quick else "tiny", *cli_flags(shared), "--state_key", INPUTS[inputs],
             "--seed", str(seed), "--run_dir", str(run_dir), "--eval_episodes", "0", "--threads", str(threads)]
     cfg = parse_config(config.PRESETS, args)
@@ -141,12 +158,12 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, threads
     return record
 
 
-def is_done(path: Path, method: str, quick: bool) -> bool:
+def is_done(path: Path, method: str, shared: dict) -> bool:
     if not path.exists():
         return False
     record = json.loads(path.read_text())
     return (record["code_version"] == code_version(METHODS[method].folder)
-            and record["settings"] == json.loads(json.dumps(settings(quick))))
+            and record["settings"] == json.loads(json.dumps(shared)))
 
 
 # ------------------------------------------------------------------------------------------------------ the table
@@ -255,12 +272,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets 2 // jobs threads)")
     parser.add_argument("--out", type=Path, default=RESULTS / "mt10", help="run files go here, the table beside it")
     parser.add_argument("--quick", action="store_true", help="smoke presets, two tasks, a few steps, one seed")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"change a shared setting for an ablation (use another --out): {sorted(SHARED)}")
     parser.add_argument("--report", action="store_true", help="only regenerate the table and figure")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: method:inputs:seed:threads:eval_workers
     args = parser.parse_args()
     if args.run:
         method, inputs, seed, threads, workers = args.run.split(":")
-        run_one(method, inputs, int(seed), args.out, args.quick, int(threads), int(workers))
+        run_one(method, inputs, int(seed), args.out, args.quick, tuple(args.set), int(threads), int(workers))
         return
     stem = args.out.name
     if not args.report:
@@ -270,9 +289,11 @@ def main() -> None:
             raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
         seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
         oracle_seeds = [int(s) for s in args.oracle_seeds.split(",") if s]
-        jobs = [(m, "robot", s) for s in seeds for m in methods] + [(m, "oracle", s) for s in oracle_seeds
-                                                                   for m in methods]
-        todo = [j for j in jobs if not is_done(args.out / f"{run_name(*j)}.json", j[0], args.quick)]
+        robot = [(m, "robot", s) for s in seeds for m in methods]
+        oracle = [(m, "oracle", s) for s in oracle_seeds for m in methods if METHODS[m].reads_state]
+        jobs = robot[:len(methods)] + oracle + robot[len(methods):]  # a first seed of every row comes first
+        shared = settings(args.quick, tuple(args.set))
+        todo = [j for j in jobs if not is_done(args.out / f"{run_name(*j)}.json", j[0], shared)]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; {len(todo)} to run, {args.jobs} at a time")
         args.out.mkdir(parents=True, exist_ok=True)
         threads, workers = max(1, 2 // args.jobs), max(1, 2 // args.jobs)
@@ -282,7 +303,7 @@ def main() -> None:
             log = args.out / "logs" / f"{name}.log"
             log.parent.mkdir(exist_ok=True)
             command = [sys.executable, __file__, "--run", f"{job[0]}:{job[1]}:{job[2]}:{threads}:{workers}",
-                       "--out", str(args.out), *(["--quick"] if args.quick else [])]
+                       "--out", str(args.out), *(["--quick"] if args.quick else []), "--set", *args.set]
             started = time.time()
             with open(log, "w") as f:
                 code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode

@@ -153,6 +153,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             f"checkpoints/last pointer")
 
 
+def rebuild_policy(checkpoint: str | Path, config_cls: type, build) -> tuple[torch.nn.Module, Any]:
+    """A trained policy and its config from a checkpoint (or run) directory alone: the config.json a method writes
+    holds its config, the normalisation statistics, the tokenizer and the state/action sizes, which
+    `build(cfg, stats, tokenizer, state_dim, action_dim)` turns into the policy the weights are loaded into."""
+    from common.config import from_dict  # here: common.config imports tyro, which the rest of this module needs not
+    checkpoint = resolve_checkpoint(checkpoint)
+    meta = read_config(checkpoint)
+    cfg = from_dict(config_cls, meta["config"])
+    policy = build(cfg, meta["stats"], meta["tokenizer"], meta["state_dim"], meta["action_dim"])
+    load_pretrained(policy, checkpoint)
+    return policy, cfg
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "config.json"
     if not path.exists():

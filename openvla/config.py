@@ -41,7 +41,7 @@ class OpenVLAConfig:
     use_film: bool = False  # OFT+: FiLM-modulate the vision features with the mean language embedding
     # --- data: scripted-expert demonstrations on Meta-World (collected once, cached by these fields)
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
-    episodes_per_task: int = 10  # expert demonstrations per task
+    episodes_per_task: int = 50  # expert demonstrations per task (50: LIBERO's count; see benchmarks/README.md)
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
     cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras; each image's patches enter the LLM in turn (OFT
     #                                         reads a third-person and a wrist image; OpenVLA itself one image)

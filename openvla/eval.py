@@ -10,49 +10,26 @@ policy uses; optionally with rollout videos.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tyro
 
-from common.config import from_dict
-from common.train import load_pretrained, read_config, resolve_checkpoint
+from common.envs.metaworld import EvalArgs
+from common.train import rebuild_policy, resolve_checkpoint
 
 from openvla.config import OpenVLAConfig
-from openvla.train import build_policy, evaluate_policy
 from openvla.model import OpenVLAPolicy
-
-
-@dataclass
-class EvalArgs:
-    checkpoint: Path  # a checkpoint directory (model.safetensors + config.json), or a run directory (its last one)
-    episodes: int | None = None  # episodes per task (default: the training config's eval_episodes)
-    tasks: tuple[str, ...] | None = None  # a subset of the trained tasks (default: all)
-    seed: int | None = None  # evaluation placements (default: the training config's eval_seed)
-    instruction: str = "canonical"  # canonical | held_out | other_task | empty (common.envs.metaworld.EvalConfig)
-    blank_images: bool = False  # probe: black camera images
-    video_dir: str | None = None  # save one rollout video per task here
-    workers: int = 2  # evaluation processes
-    out_dir: Path | None = None  # where eval.json / eval.md go (default: the checkpoint directory)
+from openvla.train import build_policy, evaluate_policy
 
 
 def load_policy(checkpoint: str | Path) -> tuple[OpenVLAPolicy, OpenVLAConfig]:
     """The trained policy and its config, rebuilt from a checkpoint (or run) directory alone."""
-    checkpoint = resolve_checkpoint(checkpoint)
-    meta = read_config(checkpoint)
-    cfg = from_dict(OpenVLAConfig, meta["config"])
-    policy = build_policy(cfg, meta["stats"], meta["tokenizer"], meta["state_dim"], meta["action_dim"])
-    load_pretrained(policy, checkpoint)
-    return policy, cfg
+    return rebuild_policy(checkpoint, OpenVLAConfig, build_policy)
 
 
 def main(args: EvalArgs) -> dict:
     policy, cfg = load_policy(args.checkpoint)
-    cfg = replace(cfg, eval_episodes=args.episodes or cfg.eval_episodes, tasks=args.tasks or cfg.tasks,
-                  eval_seed=cfg.eval_seed if args.seed is None else args.seed, video_dir=args.video_dir,
-                  eval_workers=args.workers)
-    return evaluate_policy(policy, cfg, args.out_dir or resolve_checkpoint(args.checkpoint),
-                         instruction=args.instruction, blank_images=args.blank_images)
+    return evaluate_policy(policy, args.config(cfg), args.out_dir or resolve_checkpoint(args.checkpoint), **args.probes())
 
 
 if __name__ == "__main__":

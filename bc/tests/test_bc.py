@@ -85,6 +85,9 @@ def test_train_evaluate_and_reload(cache, tmp_path):
     again = bc_eval.main(bc_eval.EvalArgs(checkpoint=checkpoint, workers=1, video_dir=str(tmp_path / "videos")))
     assert again == json.loads((run / "eval.json").read_text())  # same weights, same placements, same result
     assert len(list((tmp_path / "videos").iterdir())) == len(cfg.tasks)
+    probed = bc_eval.main(bc_eval.EvalArgs(checkpoint=run, workers=1, blank_images=True, instruction="other_task",
+                                           out_dir=tmp_path / "probe"))  # a run directory: its last checkpoint
+    assert set(probed) == set(cfg.tasks) and (tmp_path / "probe" / "eval.json").exists()
 
 
 def test_resume_is_exact(cache, tmp_path, monkeypatch):

@@ -134,9 +134,10 @@ class Recorder:
 
 
 def test_probes_change_only_what_the_policy_is_shown():
-    tasks = ("reach-v3", "push-v3", "drawer-close-v3")
-    assert other_task("reach-v3", tasks) == "push-v3" and other_task("push-v3", tasks) == "reach-v3"  # its group
-    assert other_task("drawer-close-v3", tasks) == "reach-v3"  # no group member: the next task, cyclically
+    tasks = ("reach-v3", "pick-place-v3", "drawer-close-v3")
+    assert other_task("reach-v3", tasks) == "pick-place-v3" and other_task("pick-place-v3", tasks) == "reach-v3"
+    assert other_task("drawer-close-v3", tasks) == "reach-v3"  # in no group: the next task, cyclically
+    assert other_task("reach-v3", ("reach-v3", "push-v3", "door-open-v3")) == "push-v3"  # its group is absent
     base = dict(tasks=tasks, episodes_per_task=2, image_size=32, max_steps=12)
     told = {}
     for mode in ("canonical", "held_out", "other_task", "empty"):
@@ -147,7 +148,8 @@ def test_probes_change_only_what_the_policy_is_shown():
         told[mode] = [o["instruction"] for o in policy.seen[::3]]
     assert told["canonical"] == [INSTRUCTIONS[t][0] for t in tasks for _ in range(2)]
     assert told["held_out"] == [HELD_OUT_INSTRUCTIONS[t][e] for t in tasks for e in range(2)]
-    assert told["other_task"] == [INSTRUCTIONS[t][0] for t in ("push-v3", "reach-v3", "reach-v3") for _ in range(2)]
+    assert told["other_task"] == [INSTRUCTIONS[t][0] for t in ("pick-place-v3", "reach-v3", "reach-v3")
+                                  for _ in range(2)]
     assert told["empty"] == [""] * 6
     plain, probed = Recorder(), Recorder()
     fill = tuple(float(i) for i in range(39))
