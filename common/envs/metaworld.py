@@ -32,7 +32,9 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 import warnings
+import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -471,6 +473,7 @@ def _eval_job(job: tuple[EvalConfig, str, int], policy: Policy | None = None) ->
     policy = policy or _worker_policy
     env = _env(task, cfg.image_size, cfg.cameras, cfg.max_steps)
     obs = env.reset(cfg.seed, e, eval_instruction(cfg, task, e))
+    _seed_policy_randomness(cfg.seed, task, e)
     if hasattr(policy, "reset"):
         policy.reset()
     video = cfg.video_dir is not None and e < cfg.video_episodes
@@ -489,6 +492,16 @@ def _eval_job(job: tuple[EvalConfig, str, int], policy: Policy | None = None) ->
         outcome = "success" if info["success"] else "failure"
         save_video(frames, Path(cfg.video_dir) / f"{task}_ep{e:03d}_{outcome}.{cfg.video_format}")
     return bool(info["success"]), env.steps
+
+
+def _seed_policy_randomness(seed: int, task: str, episode: int) -> None:
+    """Seed the global NumPy and torch generators per episode, so a stochastic policy (flow matching's noise) draws
+    the same numbers in every evaluation of that episode, whatever ran before it in the process and however many
+    workers share the episodes. (Unseeded, one π0 checkpoint scored 38% and 32% in two evaluations.)"""
+    number = (seed * 1_000_003 + zlib.crc32(task.encode()) * 1009 + episode) % 2**32
+    np.random.seed(number)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(number)
 
 
 def _probed(obs: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def test_expert_demos_succeed_and_are_cached(tmp_path):
     assert 10 < len(ep["action"]) < 200  # ends at the first success step
     assert ds.stats["action"]["q01"] < ds.stats["action"]["q99"]
     again = collect_demos(spec, workers=2, cache_dir=tmp_path, progress=False)  # cache hit: same directory
-    assert again.root == ds.root and len(list(tmp_path.iterdir())) == 1
+    assert again.root == ds.root and len(list(tmp_path.glob("metaworld-*"))) == 1
     other = collect_demos(DemoSpec(tasks=("reach-v3",), episodes_per_task=1, image_size=32), workers=1,
                           cache_dir=tmp_path, progress=False)
     assert other.root != ds.root  # another spec, another cache entry
@@ -175,3 +175,23 @@ def test_cached_demos_with_more_cameras_serve_fewer(tmp_path):
     other = collect_demos(DemoSpec(tasks=("reach-v3",), episodes_per_task=1, image_size=32, cameras=("corner3",)),
                           workers=1, cache_dir=tmp_path, progress=False)
     assert other.root != both.root and set(other.features) >= {"observation.images.corner3"}
+
+
+def test_a_stochastic_policy_draws_the_same_numbers_in_every_evaluation():
+    """The evaluator seeds NumPy and torch per episode: what ran before in the process does not change the noise."""
+    import torch
+
+    class Noisy(Recorder):
+        def __call__(self, obs):
+            self.seen.append((torch.rand(()).item(), np.random.rand()))
+            return np.zeros((4, 4))
+
+    draws = []
+    for before in (0, 1):
+        torch.manual_seed(before)
+        np.random.seed(before)
+        policy = Noisy()
+        evaluate(policy, EvalConfig(tasks=("reach-v3", "push-v3"), episodes_per_task=2, image_size=32, max_steps=8),
+                 progress=False)
+        draws.append(policy.seen)
+    assert draws[0] == draws[1] and len(set(draws[0])) == len(draws[0])  # the same, and new numbers every call
