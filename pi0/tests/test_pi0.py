@@ -85,21 +85,53 @@ def test_rotate_half_rows_folds_rope_into_the_projection():
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
-def test_prefix_does_not_see_the_suffix(variant):
-    """The prefix attends only to itself: changing the noisy actions (and π0's state) must not change its cache,
-    so the velocity of one chunk does not depend on another sample in the suffix."""
+def test_prefix_does_not_see_the_suffix(variant, monkeypatch):
+    """The blockwise mask, read off every layer's keys and values: the prefix [image, prompt] is unchanged when the
+    noisy actions, the time or π0's state change (so it can be cached once per chunk), and π0's state token is
+    unchanged when the actions or time change; a real prompt token changes the prefix, a padded one changes nothing."""
+    import pi0.model as pi0_model
     torch.manual_seed(0)
     cfg = tiny(variant)
     model = PI0(cfg).eval()
     images, image_masks, tokens, token_masks, state, noise = random_inputs(cfg)
-    time = torch.full((3,), 0.5)
-    v = model.velocity(images, image_masks, tokens, token_masks, state, noise, time)
-    # a padded prompt token changes nothing; a real one does
+    _, prefix_pad, _ = model.embed_prefix(images, image_masks, tokens, token_masks)
+    n_prefix = prefix_pad.shape[1]
+    kv = []
+    original = pi0_model.joint_layer
+
+    def recording(*args, **kwargs):
+        out, (k, v) = original(*args, **kwargs)
+        kv.append(torch.cat([k, v], dim=-1))
+        return out, (k, v)
+
+    monkeypatch.setattr(pi0_model, "joint_layer", recording)
+
+    def keys_values(tokens=tokens, state=state, x_t=noise, time=torch.full((3,), 0.5)):
+        kv.clear()
+        v = model.velocity(images, image_masks, tokens, token_masks, state, x_t, time)
+        # (layers, B, kv heads, tokens, 2 · head_dim); a padded token attends to nothing and is never attended to,
+        # so its (unread) values are zeroed here
+        pad = torch.cat([prefix_pad, prefix_pad.new_ones(prefix_pad.shape[0], len(kv[0][0, 0]) - n_prefix)], 1)
+        return torch.stack(kv) * pad[None, :, None, :, None], v
+
+    base, v = keys_values()
+    prefix = slice(0, n_prefix)
+    moved_actions, v2 = keys_values(x_t=noise + 1.0, time=torch.full((3,), 0.9))
+    assert not torch.allclose(v, v2)  # the suffix did change
+    assert torch.equal(base[..., prefix, :], moved_actions[..., prefix, :])
+    if variant == "pi0":  # the state token (right after the prefix) sees the prefix and itself, not the actions
+        assert torch.equal(base[..., n_prefix, :], moved_actions[..., n_prefix, :])
+    moved_state, v3 = keys_values(state=state + 1.0)
+    assert torch.equal(base[..., prefix, :], moved_state[..., prefix, :])
+    if variant == "pi0":  # π0 reads the state token; π0.5's state lives in the prompt text instead
+        assert not torch.equal(base[..., n_prefix, :], moved_state[..., n_prefix, :]) and not torch.allclose(v, v3)
     tokens2 = tokens.clone()
-    tokens2[1, -1] += 1
-    assert torch.equal(v, model.velocity(images, image_masks, tokens2, token_masks, state, noise, time))
-    tokens2[1, 0] += 1
-    assert not torch.allclose(v[1], model.velocity(images, image_masks, tokens2, token_masks, state, noise, time)[1])
+    tokens2[1, -1] += 1  # a padded prompt token
+    assert torch.equal(v, keys_values(tokens=tokens2)[1])
+    tokens2[1, 0] += 1  # a real one
+    changed, v4 = keys_values(tokens=tokens2)
+    assert not torch.allclose(base[:, 1, :, prefix], changed[:, 1, :, prefix]) and not torch.allclose(v[1], v4[1])
+    assert torch.equal(base[:, 0], changed[:, 0])  # and only in its own sample
 
 
 def test_time_distribution():
@@ -130,8 +162,9 @@ def test_loss_decreases_on_a_fixed_batch():
 
 
 def test_paper_preset_parameter_count():
-    """π0 at the paper's sizes, on the meta device: SigLIP So400m (412.4M) + PaliGemma's projector and Gemma 2B
-    (2.51B with the tied embedding) + the 300M action expert = 3.238B. The paper rounds to "3.3B"; LeRobot's π0
+    """π0 at the paper's sizes, on the meta device: SigLIP So400m (412.4M) + PaliGemma's projector (2.4M) and Gemma
+    2B (2.51B with the tied embedding) + the 300M action expert (311.5M) + the action/state/time projections (3.2M)
+    = 3,238,046,480. The paper rounds to "3.3B"; LeRobot's π0
     builds 4.03B, which is the same 3.238B plus an untied copy of the LM head (527M), an unused expert LM head
     (263M) and the VLM's unused final norm."""
     with torch.device("meta"):
@@ -140,9 +173,10 @@ def test_paper_preset_parameter_count():
     assert count(model.vision_tower) == 412_442_352
     assert count(model.embed_tokens) + count(model.vlm_layers) == 2_508_529_664  # Gemma 2B without its final norm
     assert count(model.expert_layers) == 311_463_936
-    total = count(model)
-    lerobot_minus_unused = 4_030_000_000 - 257152 * 2048 - 257152 * 1024 - 2048
-    assert abs(total - lerobot_minus_unused) / total < 0.01 and abs(total - 3.3e9) / 3.3e9 < 0.02, total
+    projections = [model.action_in_proj, model.action_out_proj, model.state_proj, model.action_time_mlp_in,
+                   model.action_time_mlp_out]
+    assert count(model.multi_modal_projector) == 2_361_344 and sum(map(count, projections)) == 3_248_160
+    assert count(model) == 3_238_046_480  # the parts above + the expert's final norm (1,024), exactly
 
 
 # ------------------------------------------------------------------------------------------- official checkpoints
