@@ -14,7 +14,7 @@ import pytest
 from dreamer.agent import (ReturnNorm, init_state, kl_losses, lambda_returns, make_networks, observe, train_step,
                            update_return_norm, world_model_loss)
 from dreamer.config import PRESETS
-from dreamer.networks import symexp, symlog, twohot, twohot_bins, twohot_loss, twohot_mean, unimix_logits
+from dreamer.networks import features, symexp, symlog, twohot, twohot_bins, twohot_loss, twohot_mean, unimix_logits
 
 # A model small enough to compile and run in seconds: 16 px images, short sequences and horizon.
 SMALL = dataclasses.replace(PRESETS["tiny"], image_size=16, deter=32, units=32, cnn_depth=4, stoch=4, classes=4,
@@ -125,13 +125,19 @@ def test_rssm_shapes_and_kl_balancing(model):
 
 
 def test_initial_predictions_are_zero(model):
-    """Zero-initialised output layers: reward and value predictions start at 0 (up to float rounding of the
-    uniform expectation over the symmetric bins)."""
+    """Zero-initialised output layers: reward and value predictions start at 0 for real model states (the posterior
+    features of a batch; zero features would give 0 through any output kernel), up to float rounding of the uniform
+    expectation over the symmetric bins; the continue head, initialised like the others, does not."""
     nets, state = model
-    _, (_, metrics) = world_model_loss(state.wm, nets, random_batch(SMALL), jax.random.PRNGKey(2))
-    feat = jnp.zeros((3, SMALL.deter + SMALL.stoch * SMALL.classes))
-    logits = nets.critic.apply({"params": state.critic}, feat)
-    assert jnp.all(logits == 0) and jnp.abs(twohot_mean(logits, nets.bins)).max() < 1e-5
+    data = random_batch(SMALL)
+    post, _ = observe(nets, state.wm, data, jax.random.PRNGKey(1))
+    feat = features(post)
+    assert jnp.abs(feat).max() > 0.1
+    reward, cont = nets.wm.apply({"params": state.wm}, feat, method="reward_and_cont")
+    value = nets.critic.apply({"params": state.critic}, feat)
+    assert jnp.all(reward == 0) and jnp.all(value == 0) and jnp.abs(cont).max() > 1e-3
+    assert jnp.abs(twohot_mean(value, nets.bins)).max() < 1e-5
+    _, (_, metrics) = world_model_loss(state.wm, nets, data, jax.random.PRNGKey(2))
     assert jnp.isfinite(metrics["wm_loss"])
 
 
