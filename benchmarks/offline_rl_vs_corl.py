@@ -9,7 +9,8 @@ empty stand-ins in their place (only CORL's `train()` entry point uses them, and
 are built exactly as its `train()` builds them for the D4RL locomotion configs (IQL: Gaussian actor, 2×256
 networks; CQL: 3×256 orthogonally initialised critics, 10 sampled actions per source, α_cql = 10, no BC warm-up)
 and fed CORL's batch format; ours are built from their `default` presets with the same sizes. Both train on the
-generated default dataset (or random tensors if it is absent). The two sides alternate in blocks of `block`
+generated default dataset (`python offline_rl/generate.py`); without it the script stops, unless `--random_data`
+asks for random tensors of a locomotion-like shape, which the table's header then says. The two sides alternate in blocks of `block`
 updates; a ratio is taken for each adjacent pair of blocks and the median reported, so the drifting speed of this
 shared machine moves both sides of every ratio alike. Each side's matrix-product FLOPs per update are counted
 (torch's FlopCounterMode, forward and backward) and reported with the rate they are achieved at, beside the rate
@@ -53,8 +54,11 @@ def corl_cql(m, obs_dim: int, act_dim: int, device: str):
     return cql_trainer(m, c1, c2, actor, act_dim, device)
 
 
-def dataset() -> OfflineDataset:
-    if DEFAULT_DATA.exists():
+def dataset(random_data: bool) -> OfflineDataset:
+    if not random_data:
+        if not DEFAULT_DATA.exists():
+            raise SystemExit(f"no dataset at {DEFAULT_DATA}: run `python offline_rl/generate.py` first, or pass "
+                             f"--random_data to time the updates on random tensors")
         return load_dataset(DEFAULT_DATA)
     rng = np.random.default_rng(0)  # random tensors of a locomotion-like shape (obs 11, act 3)
     n = 10_000
@@ -92,10 +96,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="5 pairs of blocks instead of 15")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--random_data", action="store_true", help="random tensors instead of the generated dataset")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ds = dataset()
+    ds = dataset(args.random_data)
     obs_dim, act_dim = ds.observations.shape[1], ds.actions.shape[1]
     pairs = 5 if args.quick else 15
     rows = []
@@ -129,7 +134,8 @@ def main() -> None:
             b.append(timed(corl_update))
         rows.append((name, paired_ratios(a, b), flops))
     where = torch.cuda.get_device_name() if gpu else f"CPU, {args.threads} thread(s)"
-    header = (f"updates per second, batch 256, {where}, torch {torch.__version__}; "
+    data = "random tensors (obs 11, act 3; --random_data)" if args.random_data else DEFAULT_DATA.name
+    header = (f"updates per second, batch 256, {where}, torch {torch.__version__}, data: {data}; "
               f"{pairs} alternating pairs of blocks, the ratio taken within each pair; matrix-product GFLOP per "
               f"update and the rate achieved (a lone 256×256×256 product: {matmul_gflops(args.device):.0f} GFLOP/s)")
     save_table("offline_rl_vs_corl", header,
