@@ -1,8 +1,6 @@
 import dataclasses
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from common.config import from_dict
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
+from common.tests import processes
 from common.train import last_checkpoint, read_config, read_metrics, seed_everything
 
 from bc import eval as bc_eval
@@ -123,15 +122,10 @@ def test_torchrun_two_processes_match_one(cache, tmp_path):
     """DDP over 2 gloo processes takes the same steps as one process with the same global batch.
 
     Augmentation is off: each rank draws its own random shifts, so with it on the two runs see different pixels."""
-    args = ["--preset", "smoke", "--steps", "3", "--log_every", "1", "--eval_episodes", "0", "--shift_augment", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], cwd=BC_DIR, env=env,
-                   check=True, capture_output=True, timeout=300)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                    "127.0.0.1", "--master_port", str(port), "train.py", *args, "--run_dir", str(tmp_path / "two")],
-                   cwd=BC_DIR, env=env, check=True, capture_output=True, timeout=300)
+    args = ["--preset", "smoke", "--steps", "3", "--log_every", "1", "--eval_episodes", "0", "--shift_augment", "0",
+            "--threads", "1"]
+    processes.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], BC_DIR, tmp_path / "one.log")
+    processes.run([*processes.torchrun(2), "train.py", *args, "--run_dir", str(tmp_path / "two")], BC_DIR,
+                  tmp_path / "two.log")
     one, two = ([m["loss"] for m in read_metrics(tmp_path / d)] for d in ("one", "two"))
     assert len(one) == 3 and torch.allclose(torch.tensor(one), torch.tensor(two), atol=1e-5)

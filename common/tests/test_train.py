@@ -1,7 +1,4 @@
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +6,7 @@ import torch
 
 import pytest
 
+from common.tests import processes
 from common.train import (Logger, ResumableSampler, last_checkpoint, load_pretrained, plot_metrics, read_config,
                           read_metrics, resumable_loader, resume_last, save_checkpoint, save_pretrained, seed_everything)
 
@@ -102,14 +100,10 @@ def test_logger_writes_metrics(tmp_path):
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """torchrun with 2 CPU processes (gloo) takes the same steps as one process with the same global batch."""
     script = Path(__file__).with_name("_ddp_script.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                    "--master_port", str(port), str(script), str(tmp_path / "two.json")], check=True, env=env,
-                   timeout=120)
+    env = dict(PYTHONPATH=str(Path(__file__).parents[2]))
+    processes.run([sys.executable, str(script), str(tmp_path / "one.json")], tmp_path, tmp_path / "one.log", env=env)
+    processes.run([*processes.torchrun(2), str(script), str(tmp_path / "two.json")], tmp_path, tmp_path / "two.log",
+                  env=env)
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert len(one) == 6 and len(set(one)) == 6  # six different batches were trained on
     assert torch.allclose(torch.tensor(one), torch.tensor(two), atol=1e-6)

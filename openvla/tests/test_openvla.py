@@ -1,8 +1,6 @@
 import dataclasses
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from transformers import LlamaForCausalLM
 from common.config import from_dict, merge
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
+from common.tests import processes
 from common.train import last_checkpoint, read_config, read_metrics
 
 from openvla import eval as openvla_eval
@@ -360,18 +359,13 @@ def test_resume_is_exact(cache, tmp_path, monkeypatch):
 def test_torchrun_two_processes_match_one(cache, tmp_path):
     """OFT under DDP and FSDP over 2 gloo processes takes the same steps as one process with the same global batch
     (crops are drawn for the global batch and sliced per rank; the loss is a per-sample mean)."""
-    args = ["--preset", "smoke", "--variant", "oft", "--steps", "3", "--log_every", "1", "--eval_episodes", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], cwd=OPENVLA_DIR, env=env,
-                   check=True, capture_output=True, timeout=300)
+    args = ["--preset", "smoke", "--variant", "oft", "--steps", "3", "--log_every", "1", "--eval_episodes", "0",
+            "--threads", "1"]
+    processes.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], OPENVLA_DIR,
+                  tmp_path / "one.log")
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                        "127.0.0.1", "--master_port", str(port), "train.py", *args, *extra,
-                        "--run_dir", str(tmp_path / name)], cwd=OPENVLA_DIR, env=env, check=True,
-                       capture_output=True, timeout=300)
+        processes.run([*processes.torchrun(2), "train.py", *args, *extra, "--run_dir", str(tmp_path / name)],
+                      OPENVLA_DIR, tmp_path / f"{name}.log")
     one, ddp, fsdp = ([m["loss"] for m in read_metrics(tmp_path / d)] for d in ("one", "ddp", "fsdp"))
     assert len(one) == 3 and torch.allclose(torch.tensor(one), torch.tensor(ddp), atol=1e-5)
     assert torch.allclose(torch.tensor(one), torch.tensor(fsdp), atol=1e-5), (one, fsdp)

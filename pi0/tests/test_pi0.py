@@ -1,8 +1,6 @@
 import dataclasses
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from transformers.models.gemma.modeling_gemma import rotate_half
 from common.config import from_dict, merge
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
+from common.tests import processes
 from common.train import last_checkpoint, read_config, read_metrics
 
 from pi0 import eval as pi0_eval
@@ -327,18 +326,12 @@ def test_resume_is_exact(cache, tmp_path, monkeypatch):
 def test_torchrun_two_processes_match_one(cache, tmp_path):
     """DDP and FSDP over 2 gloo processes take the same steps as one process with the same global batch (noise, τ
     and image shifts are drawn for the global batch and sliced per rank); FSDP's gathered checkpoint equals DDP's."""
-    args = ["--preset", "smoke", "--steps", "3", "--log_every", "1", "--eval_episodes", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], cwd=PI0_DIR, env=env,
-                   check=True, capture_output=True, timeout=300)
+    args = ["--preset", "smoke", "--steps", "3", "--log_every", "1", "--eval_episodes", "0", "--threads", "1"]
+    processes.run([sys.executable, "train.py", *args, "--run_dir", str(tmp_path / "one")], PI0_DIR,
+                  tmp_path / "one.log")
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                        "127.0.0.1", "--master_port", str(port), "train.py", *args, *extra,
-                        "--run_dir", str(tmp_path / name)], cwd=PI0_DIR, env=env, check=True, capture_output=True,
-                       timeout=300)
+        processes.run([*processes.torchrun(2), "train.py", *args, *extra, "--run_dir", str(tmp_path / name)],
+                      PI0_DIR, tmp_path / f"{name}.log")
     one, ddp, fsdp = ([m["loss"] for m in read_metrics(tmp_path / d)] for d in ("one", "ddp", "fsdp"))
     assert len(one) == 3 and torch.allclose(torch.tensor(one), torch.tensor(ddp), atol=1e-5)
     assert torch.allclose(torch.tensor(one), torch.tensor(fsdp), atol=1e-5), (one, fsdp)
