@@ -20,8 +20,9 @@ from common.train import last_checkpoint, read_config, read_metrics
 from pi0 import eval as pi0_eval
 from pi0 import train as pi0_train
 from pi0.config import PRESETS, PI0Config
+from pi0.fast_sampling import rotate_half_rows
 from pi0.model import (PI0, block_attention_mask, flow_matching_loss, load_official_state_dict,
-                       official_key_to_ours, rotate_half_rows, sample_time, to_official_state_dict)
+                       official_key_to_ours, sample_time, to_official_state_dict)
 from pi0.train import build_policy, build_tokenizer, demo_spec, training_noise, train
 
 PI0_DIR = Path(__file__).parents[1]
