@@ -161,7 +161,7 @@ def openvla_vision_key_map(key: str) -> str | None:
 class PrismaticFusedBackbone(nn.Module):
     """Fused DINOv2 + SigLIP backbone of Prismatic VLMs (Karamcheti et al. 2024) and OpenVLA (Kim et al. 2024).
 
-    Checked against TRI-ML/prismatic-vlms `dinosiglip_vit.py` and openvla `prismatic/extern/hf/modeling_prismatic.py`:
+    Written from TRI-ML/prismatic-vlms `dinosiglip_vit.py` and openvla `prismatic/extern/hf/modeling_prismatic.py`:
     - each ViT returns `get_intermediate_layers(x, n={len(blocks) - 2})`: the patch tokens output by the
       SECOND-TO-LAST block (the last block, final norm and SigLIP's pooling head are not used), with the class and
       register tokens removed and no final LayerNorm;

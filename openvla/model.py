@@ -15,7 +15,9 @@ reads [BOS, image patches, prompt].
 
 Reading order: `OpenVLA.forward` (the losses), `OpenVLA.predict_action_tokens` / `OpenVLA.predict_chunk` (the two
 decoders), then the pieces they use. `OpenVLAPolicy` at the end owns normalisation, images and the prompt.
-Checked against the official code (openvla/openvla `prismatic/`, moojink/openvla-oft `prismatic/`); see README.
+Written by reading the official code (openvla/openvla `prismatic/`, moojink/openvla-oft `prismatic/`); see README for
+what the tests compare (the action tokenizer's formulas, the Llama layers against transformers' `LlamaForCausalLM`,
+the checkpoint layout) and what they do not (no output of the official modeling code).
 """
 
 from __future__ import annotations
