@@ -1,5 +1,6 @@
 """The README's table: every algorithm × dataset × seed at each algorithm's `default` preset, in parallel processes;
-D4RL-normalised scores (mean ± std over seeds) to results/table.{md,json}.
+D4RL-normalised scores (mean ± sample std over seeds) to results/table.{md,json}; each row records the commit and the
+full config of its run.
 
     python offline_rl/table.py                                   # the default datasets, 3 seeds, 2 processes
     python offline_rl/table.py --datasets inverted_double_pendulum-medium-replay --seeds 0 1 2 3 4
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -35,7 +37,16 @@ def one(job: tuple[str, str, int, list[str]]) -> dict:
     run_dir = HERE / "runs" / "table" / f"{algorithm}-{dataset}-s{seed}"
     results = module.main(["--dataset", dataset, "--seed", str(seed), "--run_dir", str(run_dir)] + extra)
     return dict(algorithm=algorithm, dataset=dataset, seed=seed, updates=results["config"]["updates"],
-                score=results["final"]["score_mean"], seconds=results["seconds"])
+                score=results["final"]["score_mean"], seconds=results["seconds"], commit=commit(),
+                config=results["config"])
+
+
+def commit() -> str:
+    """The checkout's commit, marked "+changes" when its Python files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 
 def data_score(dataset: str) -> float | None:
@@ -48,7 +59,8 @@ def data_score(dataset: str) -> float | None:
 
 
 def report(rows: list[dict], out: Path) -> str:
-    """results/table.md (mean ± std over seeds, and the data's own score) and results/table.png from the rows."""
+    """results/table.md (mean ± sample std over seeds, the data's own score, the commits the rows came from) and
+    results/table.png from the rows."""
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))  # the default ones first, in D4RL's order
     datasets.sort(key=lambda d: DATASETS_IN_TABLE.index(d) if d in DATASETS_IN_TABLE else len(DATASETS_IN_TABLE))
     algorithms = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]
@@ -57,12 +69,16 @@ def report(rows: list[dict], out: Path) -> str:
     data = {d: data_score(d) for d in datasets}
     lines = ["| algorithm | updates | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
     for a in algorithms:
-        cells = [f"{x.mean():.1f} ± {x.std():.1f} ({len(x)} seeds)" if len(x) else "—"
-                 for x in (scores[a, d] for d in datasets)]
+        cells = ["—" if len(x) == 0 else f"{x.mean():.1f} (1 seed)" if len(x) == 1 else
+                 f"{x.mean():.1f} ± {x.std(ddof=1):.1f} ({len(x)} seeds)" for x in (scores[a, d] for d in datasets)]
         updates = next(r["updates"] for r in rows if r["algorithm"] == a)
         lines.append(f"| {a} | {updates:,} | " + " | ".join(cells) + " |")
     lines.append("| *the data* | | " + " | ".join("—" if data[d] is None else f"{data[d]:.1f}" for d in datasets)
                  + " |")
+    commits = {}
+    for r in rows:
+        commits.setdefault(r.get("commit", "not recorded"), []).append(f"{r['algorithm']}/{r['dataset']}/s{r['seed']}")
+    lines += ["", "Commits of the runs: " + "; ".join(f"{c}: {len(runs)} runs" for c, runs in commits.items())]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
 

@@ -370,8 +370,9 @@ def test_table_report(pendulum, tmp_path):
             for s, x in enumerate([10.0, 20.0, 30.0])]
     rows.append(dict(algorithm="bc", dataset="nowhere-medium", seed=0, updates=5, score=7.0, seconds=1.0))
     md = table.report(rows, tmp_path)
-    assert "| bc | 5 | — | 7.0 ± 0.0 (1 seeds) |" in md  # rows in the order of ALGORITHMS, not of the runs
-    assert md.index("| bc |") < md.index("| iql | 10 | 20.0 ± 8.2 (3 seeds) | — |")
+    assert "| bc | 5 | — | 7.0 (1 seed) |" in md  # rows in the order of ALGORITHMS, not of the runs
+    assert md.index("| bc |") < md.index("| iql | 10 | 20.0 ± 10.0 (3 seeds) | — |")  # the sample std
+    assert "Commits of the runs: not recorded: 4 runs" in md
     assert f"| *the data* | | {behaviour / 10:.1f} | — |" in md  # references 0 and 1000: score = return / 10
     assert (tmp_path / "table.md").read_text() == md + "\n" and (tmp_path / "table.png").stat().st_size > 10_000
 
