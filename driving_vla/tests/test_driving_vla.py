@@ -438,3 +438,17 @@ def test_resume_is_exact(cache, tmp_path, monkeypatch):
     b = load_file(last_checkpoint(interrupted.run_dir) / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_metrics(straight.run_dir) == read_metrics(interrupted.run_dir)  # the same losses at every step
+
+
+def test_readme_table_is_regenerated_from_its_episode_rows():
+    """`results/eval_tiny.md` is exactly what `tools/eval_table.py` computes from `results/eval_tiny.json`, and an
+    edit of one episode's result changes the table (so the table cannot drift from its rows)."""
+    import importlib.util
+    results = Path(__file__).parents[1] / "results"
+    spec = importlib.util.spec_from_file_location("eval_table", Path(__file__).parents[1] / "tools" / "eval_table.py")
+    eval_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_table)
+    rows = json.loads((results / "eval_tiny.json").read_text())
+    assert eval_table.render(rows) == (results / "eval_tiny.md").read_text()
+    rows["BC"][0]["score"] += 0.5
+    assert eval_table.render(rows) != (results / "eval_tiny.md").read_text()
