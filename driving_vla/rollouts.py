@@ -249,6 +249,12 @@ COLUMNS = (("collision", "collision"), ("progress", "progress [m]"), ("ep", "EP"
            ("arrived", "arrived"), ("drivable", "DAC"), ("ttc", "TTC ok"), ("comfort", "comfort"))
 
 
+def cell(metric: str, mean_std: tuple[float, float]) -> str:
+    """"mean ± std" of one metric: metres to the metre, rates and scores to two decimals."""
+    digits = 0 if metric == "progress" else 2
+    return f"{mean_std[0]:.{digits}f} ± {mean_std[1]:.{digits}f}"
+
+
 def table(results: dict[str, list[dict]], scenarios: Sequence[str]) -> str:
     """A markdown table: one row per (method, scenario) and per method over all scenarios, mean ± std over the
     episodes (seeds) of each metric."""
@@ -260,8 +266,7 @@ def table(results: dict[str, list[dict]], scenarios: Sequence[str]) -> str:
             if scenario not in agg:
                 continue
             a = agg[scenario]
-            cells = [f"{a[k][0]:.0f} ± {a[k][1]:.0f}" if k == "progress" else f"{a[k][0]:.2f} ± {a[k][1]:.2f}"
-                     for k, _ in COLUMNS]
+            cells = [cell(k, a[k]) for k, _ in COLUMNS]
             name = f"**{scenario}**" if scenario == "all" else scenario
             lines.append(f"| {method} | {name} | {int(a['episodes'][0])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

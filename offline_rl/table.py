@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import subprocess
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -75,10 +76,8 @@ def report(rows: list[dict], out: Path) -> str:
         lines.append(f"| {a} | {updates:,} | " + " | ".join(cells) + " |")
     lines.append("| *the data* | | " + " | ".join("—" if data[d] is None else f"{data[d]:.1f}" for d in datasets)
                  + " |")
-    commits = {}
-    for r in rows:
-        commits.setdefault(r.get("commit", "not recorded"), []).append(f"{r['algorithm']}/{r['dataset']}/s{r['seed']}")
-    lines += ["", "Commits of the runs: " + "; ".join(f"{c}: {len(runs)} runs" for c, runs in commits.items())]
+    commits = Counter(r.get("commit", "not recorded") for r in rows)
+    lines += ["", "Commits of the runs: " + "; ".join(f"{c}: {n} runs" for c, n in commits.items())]
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
 

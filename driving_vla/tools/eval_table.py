@@ -6,7 +6,7 @@
 `eval_tiny.json` maps each method's row name to the per-episode results of its evaluation (each run's `eval.json`,
 written by `train.py` / `eval.py`, with the expert's episodes under "expert"); every number in the table is computed
 here from those rows (mean ± population std over the episodes, like `eval.py`'s own `eval.md`), so the table cannot
-drift from them. The test suite runs `--check`.
+drift from them. `tests/test_driving_vla.py` holds the committed table equal to `render` of its rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `common` and `driving_vla`
 
 from common.envs import highway as hw  # noqa: E402
-from driving_vla.rollouts import table as per_scenario_table  # noqa: E402
+from driving_vla.rollouts import cell, table as per_scenario_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 SHORT = {"intersection-left": "int. left", "intersection-straight": "int. straight",
@@ -27,11 +27,6 @@ SHORT = {"intersection-left": "int. left", "intersection-straight": "int. straig
 PIVOTS = (("score", "PDM-style score"), ("collision", "Collision rate"), ("ep", "EP"))  # one table per metric
 OVERALL = (("collision", "collision"), ("score", "PDM-style score"), ("ep", "EP"), ("progress", "progress [m]"),
            ("drivable", "DAC"), ("ttc", "TTC ok"), ("comfort", "comfort"), ("arrived", "arrived"))
-
-
-def cell(metric: str, mean_std: tuple[float, float]) -> str:
-    digits = 0 if metric == "progress" else 2
-    return f"{mean_std[0]:.{digits}f} ± {mean_std[1]:.{digits}f}"
 
 
 def render(results: dict[str, list[dict]]) -> str:
