@@ -20,8 +20,9 @@ and the probes (seed 1000's placements, one input taken away):
 
 Each run (method, inputs, seed) is one subprocess that trains, evaluates every split and probe, and writes
 results/mt10/<method>-<inputs>-s<seed>.json: the commit, the full config, the seeds, a hash of the code it ran (the
-method's folder and common/), wall clock and per-task successes. A run whose file holds the current code hash and
-settings is reused, so an interrupted table continues where it stopped.
+method's folder and common/), wall clock (and the step a resumed training started from) and per-task successes. A
+run whose file holds the current code hash and settings is reused, so an interrupted table continues where it
+stopped.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
     import torch
     from common.config import parse_config, to_dict
     from common.envs.metaworld import LANGUAGE_GROUPS, collect_demos, demo_spec, eval_config, evaluate
+    from common.train import resolve_checkpoint
     spec = METHODS[method]
     config, train, evaluation, model = (importlib.import_module(f"{spec.folder}.{m}")
                                         for m in ("config", "train", "eval", "model"))
@@ -132,6 +134,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
             "--seed", str(seed), "--run_dir", str(run_dir), "--eval_episodes", "0", "--threads", str(threads)]
     cfg = parse_config(config.PRESETS, args)
     resume = (run_dir / "checkpoints" / "last").exists()  # an interrupted training continues exactly
+    resumed_from = int(resolve_checkpoint(run_dir).name) if resume else 0  # train_seconds covers the steps after it
     started = time.time()
     train.train(replace(cfg, resume=resume))
     trained = time.time()
@@ -153,7 +156,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
     record = dict(method=method, inputs=inputs, seed=seed, code_version=code_version(spec.folder),
                   settings=json.loads(json.dumps(shared)), provenance=provenance(to_dict(cfg)),
                   language_groups=[list(g) for g in LANGUAGE_GROUPS], train_seconds=trained - started,
-                  eval_seconds=time.time() - trained, threads=threads, results=results)
+                  resumed_from_step=resumed_from, eval_seconds=time.time() - trained, threads=threads, results=results)
     path = out / f"{run_name(method, inputs, seed)}.json"
     path.write_text(json.dumps(record, indent=1))
     return record
@@ -211,8 +214,9 @@ def report(out: Path, stem: str) -> str:
             csv_rows.append([*key, column, mean, std, lo, hi, ";".join(f"{x:.4f}" for x in rates), len(runs)])
         minutes = statistics.mean((r["train_seconds"] + r["eval_seconds"]) / 60 for r in runs)
         train_minutes = statistics.mean(r["train_seconds"] / 60 for r in runs)
+        resumed = any(r.get("resumed_from_step", 0) > 0 for r in runs)  # its minutes miss the steps before that
         md_rows.append([f"{key[0]} ({key[1]})", ",".join(str(r["seed"]) for r in runs), *cells,
-                        f"{train_minutes:.0f} / {minutes:.0f}"])
+                        f"{train_minutes:.0f}{' (resumed)' if resumed else ''} / {minutes:.0f}"])
         standard = [r["results"]["standard"] for r in runs]
         per_task[key] = {t: statistics.mean(s[t]["successes"] / s[t]["episodes"] for s in standard) for t in standard[0]}
     commits = sorted({f"{r['provenance']['commit']}{'+' if r['provenance']['dirty'] else ''}" for r in records})

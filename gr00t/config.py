@@ -51,8 +51,8 @@ class Gr00tConfig:
     image_size: int = 224  # square model input side, pixels (256 tokens per image at patch 14)
     tune_llm: bool = False  # train the language model (the release freezes it)
     tune_visual: bool = False  # train the vision tower and the connector (the release finetune script: False)
-    max_text_tokens: int = 0  # instruction length in tokens, left-padded (Eagle pads left); 0 = the longest
-    #                           training instruction + 4 (fixed in the checkpoint)
+    max_text_tokens: int = 0  # instruction length in tokens, left-padded (Eagle pads left), widened for a longer
+    #                           one (never truncated); 0 = the longest training instruction + 4 (fixed in the checkpoint)
     tokenizer_vocab: int = 1024  # BPE trained on the instructions (Eagle's Qwen3 tokenizer cannot be downloaded here)
     tokenizer_path: str | None = None  # a local tokenizer directory to use instead
     # --- System 1: the flow-matching action head (GR00T N1 Sec. 2.1-2.2)

@@ -438,7 +438,10 @@ class Gr00tPolicy(nn.Module):
         images = [crop_and_resize(batch[k].to(device).permute(0, 3, 1, 2).float() / 255, cfg.image_size,
                                   cfg.crop_scale, crop) * 2 - 1 for k in self.image_keys]
         b = images[0].shape[0]
-        text = tokenize(self.tokenizer, batch["instruction"], cfg.max_text_tokens)
+        # Eagle never truncates: an instruction longer than max_text_tokens (a paraphrase unseen in training, whose
+        # words our BPE splits finely) widens the batch instead of being cut
+        longest = max(len(ids) for ids in self.tokenizer(list(batch["instruction"]))["input_ids"])
+        text = tokenize(self.tokenizer, batch["instruction"], max(cfg.max_text_tokens, longest))
         n_img = self.image_tokens * len(images)
         ids = torch.cat([torch.full((b, n_img), self.tokenizer.pad_token_id), text["input_ids"]], dim=1)
         valid = torch.cat([torch.ones(b, n_img, dtype=torch.bool), text["attention_mask"].bool()], dim=1)

@@ -32,7 +32,8 @@ class OpenVLAConfig:
     text_vocab: int = 32000  # the tokenizer's vocabulary; the action tokens are its last `action_bins` ids
     vocab_size: int = 32064  # rows of the embedding/LM head: text_vocab padded to a multiple of 64 (as OpenVLA)
     action_bins: int = 256  # uniform bins per action dimension over [-1, 1] after q01/q99 normalisation
-    max_text_tokens: int = 0  # prompt length in tokens, right-padded; 0 = the longest training prompt + 8
+    max_text_tokens: int = 0  # prompt length in tokens (BOS, left padding, prompt), widened for a longer prompt
+    #                           (never truncated); 0 = the longest training prompt + 8
     horizon: int = 0  # actions per forward pass; 0 = the variant's: 1 (OpenVLA), K = 8 (OFT, its LIBERO setting)
     n_action_steps: int = 0  # actions of each prediction executed before predicting again; 0 = all of them (as
     #                          both papers do)

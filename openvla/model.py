@@ -412,19 +412,20 @@ def make_prompt(instruction: str) -> str:
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], length: int) -> tuple[Tensor, Tensor]:
-    """[BOS, padding…, prompt] ids (B, length) and validity: left-padded after BOS, so the action tokens (OpenVLA) or
-    slots (OFT) that follow sit at the same index in every row."""
+    """[BOS, padding…, prompt] ids (B, width) and validity: left-padded after BOS, so the action tokens (OpenVLA) or
+    slots (OFT) that follow sit at the same index in every row. The width is `length`, or more when a prompt needs
+    it (a paraphrase unseen in training, whose words our BPE splits finely): RoPE positions skip padding, so the
+    width changes no row's result, and OpenVLA itself never truncates a prompt."""
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    length = max(length, 1 + max(map(len, encoded), default=0))
     ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)
     ids[:, 0] = tokenizer.bos_token_id
     valid = torch.zeros(len(prompts), length, dtype=torch.bool)
     valid[:, 0] = True
-    for row, encoded in enumerate(tokenizer(prompts, add_special_tokens=False)["input_ids"]):
-        if len(encoded) > length - 1:
-            raise ValueError(f"prompt of {len(encoded)} tokens does not fit max_text_tokens={length} (with BOS): "
-                             f"{prompts[row]!r}")
-        if encoded:
-            ids[row, -len(encoded):] = torch.tensor(encoded)
-            valid[row, -len(encoded):] = True
+    for row, tokens in enumerate(encoded):
+        if tokens:
+            ids[row, -len(tokens):] = torch.tensor(tokens)
+            valid[row, -len(tokens):] = True
     return ids, valid
 
 

@@ -38,7 +38,7 @@ def test_every_method_runs_every_split_and_probe(quick):
                                           "other instruction"}  # no privileged state to remove
         for split in record["results"].values():
             assert set(split) == {"reach-v3", "push-v3"} and all(r["episodes"] == 1 for r in split.values())
-        assert record["train_seconds"] > 0 and record["eval_seconds"] > 0
+        assert record["train_seconds"] > 0 and record["eval_seconds"] > 0 and record["resumed_from_step"] == 0
 
 
 def test_finished_runs_are_reused_and_oracle_rows_added(quick):

@@ -234,6 +234,10 @@ def test_backbone_places_image_features_and_pads_left(tmp_path):
         assert mask[row, :-valid].sum() == 0 and mask[row, -valid:].all()  # padding first
         assert is_image[row, -valid:-valid + n].all() and is_image[row].sum() == n  # images right after it
     assert mask[0].sum() < mask[1].sum() and (embodiment == cfg.embodiment_id).all()
+    long = "position the end effector precisely at the marked spot, slowly and carefully, then stop there"
+    assert len(policy.tokenizer(long)["input_ids"]) > cfg.max_text_tokens
+    _, ids_long, mask_long, _, _, _ = policy.inputs(fake_batch(cfg, [long, "reach"]))
+    assert mask_long[0].sum() == n + len(policy.tokenizer(long)["input_ids"])  # widened, not truncated
     backbone = policy.model.backbone
     seen = {}
     backbone.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)

@@ -14,6 +14,7 @@ from transformers import LlamaForCausalLM
 from common.config import from_dict, merge
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
+from common.text import train_bpe_tokenizer
 from common.tests import processes
 from common.train import last_checkpoint, read_config, read_metrics
 
@@ -21,8 +22,8 @@ from openvla import eval as openvla_eval
 from openvla import train as openvla_train
 from openvla.config import PRESETS, OpenVLAConfig, resolve
 from openvla.model import (ActionTokenizer, L1RegressionActionHead, OpenVLA, block_attention_mask, bounds_q99,
-                           l1_loss, llama_config, load_official_state_dict, official_key_to_ours,
-                           to_official_state_dict)
+                           l1_loss, llama_config, load_official_state_dict, make_prompt, official_key_to_ours,
+                           to_official_state_dict, tokenize_prompts)
 from openvla.train import build_policy, build_tokenizer, demo_spec, train
 
 OPENVLA_DIR = Path(__file__).parents[1]
@@ -111,6 +112,17 @@ def test_padding_inside_the_prompt_changes_nothing(variant):
             a = model.predict_chunk(pixel_values, ids, valid, state)
             b = model.predict_chunk(pixel_values, padded_ids, padded_valid, state)
     assert (a - b).abs().max() < 1e-5
+
+
+def test_a_longer_prompt_widens_the_batch_instead_of_failing():
+    """A prompt past max_text_tokens (an unseen paraphrase) is kept whole: the batch widens, left-padded after BOS."""
+    tokenizer = train_bpe_tokenizer(["In: What action should the robot take to reach?\nOut:"], vocab_size=300)
+    prompts = [make_prompt("reach"), make_prompt("position the end effector at the marked spot")]
+    ids, valid = tokenize_prompts(tokenizer, prompts, length=8)
+    lengths = [len(t) for t in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    assert ids.shape[1] == 1 + max(lengths) > 8 and valid.sum(1).tolist() == [1 + n for n in lengths]
+    assert (ids[:, 0] == tokenizer.bos_token_id).all() and valid[:, -1].all()
+    assert tokenizer.decode(ids[1, 1:]) == prompts[1]
 
 
 def test_cached_greedy_decoding_equals_teacher_forcing():
