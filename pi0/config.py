@@ -39,8 +39,8 @@ class PI0Config:
     expert: GemmaSize = field(default_factory=lambda: GemmaSize(width=1024, mlp_dim=4096))  # action expert (300M)
     image_size: int = 224  # square model input side, pixels (images are resized with padding)
     vocab_size: int = 257152  # token embeddings (PaliGemma's SentencePiece vocabulary)
-    max_text_tokens: int = 48  # prompt length in tokens, right-padded (openpi: 48 for π0, 200 for π0.5); 0 = the
-    #                            longest training prompt + 8 (fixed in the checkpoint)
+    max_text_tokens: int = 48  # prompt length in tokens, right-padded, widened for a longer prompt (openpi: 48 for
+    #                            π0, 200 for π0.5); 0 = the longest training prompt + 8 (fixed in the checkpoint)
     max_state_dim: int = 32  # states are zero-padded to this size (one model for many robots)
     max_action_dim: int = 32  # actions are zero-padded to this size
     horizon: int = 50  # H: actions per chunk

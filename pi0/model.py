@@ -476,7 +476,12 @@ class Pi0Policy(nn.Module):
                 img = random_shift(img, cfg.shift_augment, shift)
             images.append(img * 2 - 1)
         state = self.normalizer.normalize(cfg.state_key, batch[cfg.state_key].to(device).float())
-        text = tokenize(self.tokenizer, self.prompts(batch["instruction"], state), cfg.max_text_tokens)
+        prompts = self.prompts(batch["instruction"], state)
+        # openpi cuts a prompt at its max_token_len (48 PaliGemma tokens, ample there); our BPE, trained on the
+        # training prompts only, splits an unseen paraphrase finely, so a longer prompt widens its batch instead of
+        # losing its end (π0.5: the state and "Action:"); positions skip padding, so no row's result changes
+        longest = max(len(ids) for ids in self.tokenizer(prompts)["input_ids"])
+        text = tokenize(self.tokenizer, prompts, max(cfg.max_text_tokens, longest))
         masks = [torch.ones(images[0].shape[0], dtype=torch.bool, device=device)] * len(images)
         return (images, masks, text["input_ids"].to(device), text["attention_mask"].to(device),
                 F.pad(state, (0, cfg.max_state_dim - self.state_dim)))

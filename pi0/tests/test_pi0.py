@@ -284,6 +284,25 @@ def test_policy_loss_on_demo_chunks(cache, tmp_path, variant):
 
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_a_longer_prompt_widens_the_batch(cache, tmp_path, variant):
+    """A prompt past max_text_tokens (an unseen paraphrase) is not cut: the chunk equals that of a policy whose
+    max_text_tokens fits it, with the same weights and noise."""
+    cfg = smoke(tmp_path, variant=variant, max_text_tokens=64)
+    demos = collect_demos(demo_spec(cfg))
+    tokenizer_json = build_tokenizer(cfg, demos)
+    wide = build_policy(cfg, demos.stats, tokenizer_json, 4, 4).eval()
+    narrow = build_policy(dataclasses.replace(cfg, max_text_tokens=8), demos.stats, tokenizer_json, 4, 4).eval()
+    narrow.load_state_dict(wide.state_dict())
+    data = ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
+    batch = torch.utils.data.default_collate([data[0], data[5]])
+    batch["instruction"] = ["position the end effector at the marked spot", "reach"]
+    tokens = narrow.inputs(batch)[2]
+    assert tokens.shape[1] > 8 and tokens.shape[1] < 64
+    noise = torch.randn(2, cfg.horizon, cfg.max_action_dim, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(narrow.predict_chunk(batch, noise), wide.predict_chunk(batch, noise), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_train_evaluate_and_reload(cache, tmp_path, variant):
     cfg = smoke(tmp_path, variant=variant)
     results = train(cfg)
