@@ -94,7 +94,7 @@ def shard(policy: Gr00tPolicy) -> None:
     """FSDP2 (`fully_shard`): each Qwen3 layer, SigLIP layer and DiT block is one unit, the rest the root unit."""
     from torch.distributed.fsdp import fully_shard
     backbone, head = policy.model.backbone, policy.model.action_head
-    for layer in [*backbone.vision_model.vision_model.encoder.layers, *backbone.language_model.layers,
+    for layer in [*backbone.vision_model.encoder.layers, *backbone.language_model.layers,
                   *head.model.transformer_blocks]:
         fully_shard(layer)
     fully_shard(policy)
