@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from common.config import from_dict, merge
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
 from common.text import train_bpe_tokenizer
-from common.tests import processes
+from common.tests import demo_cache, processes
 from common.train import last_checkpoint, read_config, read_metrics
 
 from openvla import eval as openvla_eval
@@ -292,15 +291,8 @@ def test_official_layout_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One small demo set for the whole module, in a private cache."""
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("EMBODIED_CACHE")
-    os.environ["EMBODIED_CACHE"] = str(path)
-    collect_demos(demo_spec(PRESETS["smoke"]), workers=2, progress=False)
-    yield path
-    if old is None:
-        os.environ.pop("EMBODIED_CACHE")
-    else:
-        os.environ["EMBODIED_CACHE"] = old
+    with demo_cache.private_cache(tmp_path_factory.mktemp("cache"), demo_spec(PRESETS["smoke"])) as path:
+        yield path
 
 
 def smoke(tmp_path, **overrides) -> OpenVLAConfig:

@@ -1,6 +1,5 @@
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from transformers.models.gemma.modeling_gemma import rotate_half
 from common.config import from_dict, merge
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
-from common.tests import processes
+from common.tests import demo_cache, processes
 from common.train import last_checkpoint, read_config, read_metrics
 
 from pi0 import eval as pi0_eval
@@ -238,15 +237,8 @@ def test_parity_with_lerobot(variant):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One small demo set for the whole module, in a private cache."""
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("EMBODIED_CACHE")
-    os.environ["EMBODIED_CACHE"] = str(path)
-    collect_demos(demo_spec(PRESETS["smoke"]), workers=2, progress=False)
-    yield path
-    if old is None:
-        os.environ.pop("EMBODIED_CACHE")
-    else:
-        os.environ["EMBODIED_CACHE"] = old
+    with demo_cache.private_cache(tmp_path_factory.mktemp("cache"), demo_spec(PRESETS["smoke"])) as path:
+        yield path
 
 
 def smoke(tmp_path, **overrides) -> PI0Config:
