@@ -58,7 +58,8 @@ class Method:
 
 METHODS = {"bc": Method("bc"), "pi0": Method("pi0"), "pi05": Method("pi0", ("--variant", "pi05")),
            "openvla": Method("openvla", reads_state=False), "openvla-oft": Method("openvla", ("--variant", "oft")),
-           "gr00t": Method("gr00t")}
+           "gr00t": Method("gr00t"),
+           "gr00t-frozen-vlm": Method("gr00t", ("--no-tune_llm", "--no-tune_visual"))}  # the release's recipe
 INPUTS = {"robot": "observation.state", "oracle": "observation.environment_state"}  # the state each row reads
 # What every run shares: the same demos, inputs, budget and evaluation. (The methods' own defaults are the same.)
 SHARED = dict(tasks="mt10", episodes_per_task=50, demo_image_size=128, cameras=("corner",), demo_seed=0, steps=3000,

@@ -2,7 +2,7 @@
 
 The `paper` values are the released checkpoint's `config.json` (nvidia/GR00T-N1.5-3B; Isaac-GR00T tag n1.5-release,
 `FlowmatchingActionHeadConfig` and `EagleBackbone`). CLI/YAML overrides go through `common.config.parse_config`,
-e.g. `python train.py --steps 500 --tune_llm false`.
+e.g. `python train.py --steps 500 --no-tune_llm`.
 """
 
 from dataclasses import dataclass, field
@@ -115,8 +115,8 @@ class Gr00tConfig:
 
 
 # The CPU preset: every module of the release at a width that trains on 2 cores. A randomly initialised VLM has
-# nothing worth freezing, so tiny tunes everything (the release freezes the LLM; `--tune_llm false --tune_visual
-# false` is that variant, reported in the README).
+# nothing worth freezing, so tiny tunes everything (the release freezes the LLM; `--no-tune_llm --no-tune_visual` is
+# that variant, reported in the README).
 TINY = dict(
     vision=SigLIPSize(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
                       patch_size=8, vision_use_head=False),

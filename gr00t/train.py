@@ -1,7 +1,7 @@
 """Train GR00T N1.5 on embedded Meta-World demos, then evaluate it in closed loop.
 
     python train.py                                   # tiny GR00T: MT10, 50 demos/task, CPU, then closed-loop eval
-    python train.py --tune_llm false --tune_visual false   # the release's frozen VLM (random at tiny size)
+    python train.py --no-tune_llm --no-tune_visual   # the release's frozen VLM (random at tiny size)
     python train.py --tasks reach-v3 --steps 500      # any field of config.Gr00tConfig can be overridden
     python train.py --resume                          # continue run_dir's last checkpoint exactly
     python train.py --init_from runs/gr00t --embodiment_id 30 --cameras gripperPOV --run_dir runs/gr00t_wrist

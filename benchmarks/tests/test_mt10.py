@@ -27,7 +27,7 @@ def quick(tmp_path_factory):
 
 def test_every_method_runs_every_split_and_probe(quick):
     out, first = quick
-    assert "0 of 6 runs already done" in first
+    assert "0 of 7 runs already done" in first
     for method in mt10.METHODS:
         record = json.loads((out / f"{method}-robot-s0.json").read_text())
         assert (record["method"], record["inputs"], record["seed"]) == (method, "robot", 0)
