@@ -32,6 +32,9 @@ only) is checked against LeRobot's outputs before the file is written; it docume
 Subcommands:
     fixture --out F.safetensors --seed 0
     keys                                        (print every state-dict key and shape at the fixture config)
+    serve --config C.json --vl-tokens L --out W.safetensors --threads N
+        (benchmarks/gr00t_vs_lerobot.py: builds the head at config C, writes its weights, fixed inputs and the chunk
+         they give to W, then times one `get_action` per `chunk` line on stdin and answers with its milliseconds)
 """
 
 from __future__ import annotations
@@ -467,6 +470,53 @@ def cmd_fixture(args):
         f"loss {res['loss'].item():.6f}")
 
 
+def cmd_serve(args):
+    """Time one action chunk per request (`chunk` on stdin → milliseconds on stdout). The benchmark keeps this process
+    alive and alternates single calls with its own side, so both sides of every ratio run within a fraction of a
+    second of each other (this machine is shared; its speed drifts)."""
+    import time
+
+    import diffusers
+    import lerobot
+    from lerobot.policies.groot.groot_n1_7 import GR00TN17ActionHead, GR00TN17Config
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(args.threads)
+    with open(args.config) as f:
+        config = json.load(f)
+    torch.manual_seed(0)
+    head = GR00TN17ActionHead(GR00TN17Config(**config))
+    randomize(head, 0)
+    head.eval()
+    g = torch.Generator().manual_seed(1)
+    width, horizon = config["backbone_embedding_dim"], config["action_horizon"]
+    vl = torch.randn(1, args.vl_tokens, width, generator=g)
+    state = torch.randn(1, 1, config["max_state_dim"], generator=g)
+    noise = torch.randn(1, horizon, config["max_action_dim"], generator=g)
+    embodiment = torch.zeros(1, dtype=torch.long)
+
+    def chunk():
+        # process_backbone_output writes into the dict it gets: a fresh one per call
+        backbone = _feature({"backbone_features": vl, "backbone_attention_mask": torch.ones(1, args.vl_tokens,
+                                                                                            dtype=torch.bool)})
+        with torch.no_grad():
+            return head.get_action(backbone, _feature({"state": state, "embodiment_id": embodiment}))["action_pred"]
+
+    with fixed_randn(noise):
+        reference = chunk()
+    tensors = {"weights." + k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    tensors.update({"inputs.vl": vl, "inputs.state": state, "inputs.noise": noise, "outputs.chunk": reference})
+    save_file(tensors, args.out)
+    print(json.dumps(dict(lerobot=lerobot.__version__, torch=torch.__version__, diffusers=diffusers.__version__,
+                          threads=torch.get_num_threads())), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "chunk":
+            raise SystemExit(f"unknown request {line!r}")
+        t0 = time.perf_counter()
+        chunk()
+        print(f"{(time.perf_counter() - t0) * 1e3:.4f}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -476,6 +526,12 @@ def main(argv=None):
     f.set_defaults(func=cmd_fixture)
     k = sub.add_parser("keys")
     k.set_defaults(func=cmd_keys)
+    s = sub.add_parser("serve")
+    s.add_argument("--config", required=True)
+    s.add_argument("--vl-tokens", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_serve)
     args = ap.parse_args(argv)
     args.func(args)
 
