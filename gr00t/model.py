@@ -260,7 +260,22 @@ class FlowMatchingActionHead(nn.Module):
     def sample_actions(self, vl: Tensor, state: Tensor, noise: Tensor, embodiment: Tensor,
                        num_steps: int | None = None) -> Tensor:
         """Euler integration from t = 0 (noise) to t = 1: x ← x + v_θ(x, ⌊1000·i/n⌋)/n, i = 0 … n − 1 (release
-        `get_action`; n = 4). The VL tokens and the state token are computed once."""
+        `get_action`; n = 4). The VL tokens and the state token are computed once; the steps run through
+        `fast_sampling.EulerSteps`, the same maths as `velocity` with what the steps share computed once."""
+        from .fast_sampling import EulerSteps  # here: that module reads this one
+        n = num_steps or self.cfg.num_inference_steps
+        buckets = [int(i / n * self.cfg.num_timestep_buckets) for i in range(n)]
+        steps = EulerSteps(self, self.process_backbone_output(vl), self.state_encoder(state, embodiment), embodiment,
+                           buckets)
+        x = noise
+        for i in range(n):
+            x = x + steps.velocity(x, i) / n
+        return x
+
+    @torch.no_grad()
+    def sample_actions_plain(self, vl: Tensor, state: Tensor, noise: Tensor, embodiment: Tensor,
+                             num_steps: int | None = None) -> Tensor:
+        """The same integration through `velocity` (the reference the fast path is tested against)."""
         n = num_steps or self.cfg.num_inference_steps
         vl = self.process_backbone_output(vl)
         state_tokens = self.state_encoder(state, embodiment)

@@ -201,6 +201,23 @@ def test_four_euler_steps_from_noise():
     torch.testing.assert_close(chunk, x)
 
 
+@pytest.mark.parametrize("future_tokens", [0, 3])
+def test_fast_sampling_equals_the_plain_path(future_tokens):
+    """`sample_actions` (fast_sampling.EulerSteps: shared terms computed once, attention on the raw projections)
+    gives the chunk of `sample_actions_plain` (every step through `velocity`), every parameter random, two
+    embodiments in one batch."""
+    cfg = head_config(num_future_tokens=future_tokens)
+    head = FlowMatchingActionHead(cfg).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    vl, state, _, _, noise, _, e = head_inputs(cfg)
+    torch.testing.assert_close(head.sample_actions(vl, state, noise, e),
+                               head.sample_actions_plain(vl, state, noise, e), atol=1e-5, rtol=0)
+    three = head.sample_actions(vl, state, noise, e, num_steps=3)
+    torch.testing.assert_close(three, head.sample_actions_plain(vl, state, noise, e, num_steps=3), atol=1e-5, rtol=0)
+
+
 def test_future_tokens_sit_between_state_and_actions():
     """The DiT reads [state, num_future_tokens learned tokens, H action tokens]; the future tokens matter, and the
     action tokens alone get the position embedding."""
