@@ -14,7 +14,7 @@ from common.config import from_dict, merge
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
 from common.text import train_bpe_tokenizer
-from common.tests import demo_cache, processes
+from common.tests import demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics
 
 from openvla import eval as openvla_eval
@@ -338,26 +338,8 @@ def test_train_evaluate_and_reload(cache, tmp_path, variant):
 def test_resume_is_exact(cache, tmp_path, monkeypatch):
     """A run killed right after its step-3 checkpoint and resumed ends with the same losses and bit-identical
     weights as an uninterrupted 6-step run."""
-    straight = smoke(tmp_path / "a", eval_episodes=0, log_every=1)
-    train(straight)
-    interrupted = smoke(tmp_path / "b", eval_episodes=0, log_every=1)
-    save = openvla_train.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(openvla_train, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(interrupted)
-    monkeypatch.undo()
-    assert last_checkpoint(interrupted.run_dir).name == f"{interrupted.save_every:08d}"
-    train(dataclasses.replace(interrupted, resume=True))
-    a, b = read_metrics(straight.run_dir), read_metrics(interrupted.run_dir)
-    assert [m["step"] for m in b] == list(range(1, 7)) and [m["loss"] for m in a] == [m["loss"] for m in b]
-    wa = load_file(last_checkpoint(straight.run_dir) / "model.safetensors")
-    wb = load_file(last_checkpoint(interrupted.run_dir) / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    resume.assert_resume_is_exact(openvla_train, smoke(tmp_path / "a", eval_episodes=0, log_every=1),
+                                  smoke(tmp_path / "b", eval_episodes=0, log_every=1), monkeypatch)
 
 
 def test_torchrun_two_processes_match_one(cache, tmp_path):
