@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from common.config import from_dict
 from common.data import ChunkDataset
 from common.envs.metaworld import collect_demos
-from common.tests import demo_cache, processes
+from common.tests import demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics
 
 from gr00t import eval as gr00t_eval
@@ -178,8 +178,15 @@ def test_padded_action_dimensions_never_enter_the_loss():
 
 def test_time_law():
     """t = (0.999 − u)/0.999, u ~ Beta(1.5, 1): E[t] = (0.999 − 0.6)/0.999, t ∈ (−0.001, 1], most mass near 0
-    (noise); buckets truncate ⌊1000·t⌋."""
+    (noise); buckets truncate ⌊1000·t⌋. The u behind each t is recovered exactly (same generator, Beta = X/(X+Y)
+    of two Gamma draws), so N1.6's law t = (1 − u)·0.999, whose mean is nearly the same, fails here."""
     t = sample_time(200_000, PRESETS["tiny"], torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x = torch._standard_gamma(torch.full((200_000,), 1.5), generator=g)
+    y = torch._standard_gamma(torch.full((200_000,), 1.0), generator=g)
+    u = x / (x + y)
+    torch.testing.assert_close(t, (0.999 - u) / 0.999, atol=1e-7, rtol=0)
+    assert abs(u.mean().item() - 0.6) < 3e-3  # Beta(1.5, 1)
     assert abs(t.mean().item() - (0.999 - 0.6) / 0.999) < 3e-3
     assert t.min() > -0.001001 and t.max() <= 1.0
     assert (t < 0.5).float().mean() > 0.6  # P(u > 0.4995) = 1 − 0.4995^1.5 ≈ 0.647
@@ -383,25 +390,8 @@ def test_new_embodiment_keeps_shared_weights(cache, tmp_path):
 def test_resume_is_exact(cache, tmp_path, monkeypatch):
     """A run killed right after its step-3 checkpoint and resumed ends with the same losses and bit-identical
     weights as an uninterrupted 6-step run."""
-    straight = smoke(tmp_path / "a", eval_episodes=0, log_every=1)
-    train(straight)
-    interrupted = smoke(tmp_path / "b", eval_episodes=0, log_every=1)
-    save = gr00t_train.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(gr00t_train, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(interrupted)
-    monkeypatch.undo()
-    train(dataclasses.replace(interrupted, resume=True))
-    a, b = read_metrics(straight.run_dir), read_metrics(interrupted.run_dir)
-    assert [m["step"] for m in b] == list(range(1, 7)) and [m["loss"] for m in a] == [m["loss"] for m in b]
-    wa = load_file(last_checkpoint(straight.run_dir) / "model.safetensors")
-    wb = load_file(last_checkpoint(interrupted.run_dir) / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    resume.assert_resume_is_exact(gr00t_train, smoke(tmp_path / "a", eval_episodes=0, log_every=1),
+                                  smoke(tmp_path / "b", eval_episodes=0, log_every=1), monkeypatch)
 
 
 def test_torchrun_two_processes_match_one(cache, tmp_path):
