@@ -20,9 +20,9 @@ and the probes (seed 1000's placements, one input taken away):
 
 Each run (method, inputs, seed) is one subprocess that trains, evaluates every split and probe, and writes
 results/mt10/<method>-<inputs>-s<seed>.json: the commit, the full config, the seeds, a hash of the code it ran (the
-method's folder and common/), wall clock (and the step a resumed training started from) and per-task successes. A
-run whose file holds the current code hash and settings is reused, so an interrupted table continues where it
-stopped.
+method's config/train/eval/model modules and every repository file they import), wall clock (and the step a resumed
+training started from) and per-task successes. A run whose file holds the current code hash and settings is reused,
+so an interrupted table continues where it stopped.
 """
 
 from __future__ import annotations
@@ -78,13 +78,43 @@ def run_name(method: str, inputs: str, seed: int) -> str:
     return f"{method}-{inputs}-s{seed}"
 
 
+def _repo_imports(path: Path) -> set[Path]:
+    """The repository files `path` imports (absolute `folder.module` or relative `.module` imports, at any depth)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing file's package
+                package = path.parent.relative_to(REPO).parts[:len(path.parent.relative_to(REPO).parts) - node.level + 1]
+                base = ".".join([*package, *([base] if base else [])])
+            names = [base, *(f"{base}.{alias.name}" for alias in node.names)]  # `from common import text` too
+        else:
+            continue
+        for name in names:
+            stem = REPO.joinpath(*name.split("."))
+            for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+                if candidate.is_file():  # with the __init__.py of every package above it, which Python runs first
+                    found |= {candidate, *(p / "__init__.py" for p in candidate.parents
+                                           if p.is_relative_to(REPO) and (p / "__init__.py").is_file())}
+    return found
+
+
 def code_version(folder: str) -> str:
-    """A hash of the code a run executes: the method's folder (without tests and tools) and common/, read as syntax
-    trees without docstrings, so an edit of the documentation or comments does not invalidate finished runs."""
-    files = sorted((REPO / folder).glob("*.py")) + sorted(p for p in (REPO / "common").rglob("*.py")
-                                                          if "tests" not in p.parts)
+    """A hash of the code a run executes: the method's config, train, eval and model modules and every repository
+    file they import, transitively (so a new module in common/ or an RL head beside the method, which training and
+    evaluation never import, leaves finished runs valid), read as syntax trees without docstrings, so an edit of
+    the documentation or comments does not invalidate them either."""
+    todo = [REPO / folder / f"{m}.py" for m in ("config", "train", "eval", "model")]
+    files = set()
+    while todo:
+        path = todo.pop()
+        if path not in files:
+            files.add(path)
+            todo += _repo_imports(path) - files
     digest = hashlib.sha1()
-    for path in files:
+    for path in sorted(files):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
@@ -127,6 +157,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
     from common.envs.metaworld import LANGUAGE_GROUPS, collect_demos, demo_spec, eval_config, evaluate
     from common.train import resolve_checkpoint
     spec = METHODS[method]
+    version = code_version(spec.folder)  # the code as it starts (an edit while it trains must not be stamped on it)
     config, train, evaluation, model = (importlib.import_module(f"{spec.folder}.{m}")
                                         for m in ("config", "train", "eval", "model"))
     run_dir = out / "runs" / run_name(method, inputs, seed)
@@ -154,7 +185,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
                          for task, r in outcome.items()}
         print(f"{run_name(method, inputs, seed)} {name}: {np.mean([r.success_rate for r in outcome.values()]):.1%}",
               flush=True)
-    record = dict(method=method, inputs=inputs, seed=seed, code_version=code_version(spec.folder),
+    record = dict(method=method, inputs=inputs, seed=seed, code_version=version,
                   settings=json.loads(json.dumps(shared)), provenance=provenance(to_dict(cfg)),
                   language_groups=[list(g) for g in LANGUAGE_GROUPS], train_seconds=trained - started,
                   resumed_from_step=resumed_from, eval_seconds=time.time() - trained, threads=threads, results=results)

@@ -59,3 +59,27 @@ def test_finished_runs_are_reused_and_oracle_rows_added(quick):
 def test_report_needs_run_files(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):
         run("--report", out=tmp_path / "mt10")
+
+
+def test_code_version_hashes_what_the_run_imports(tmp_path, monkeypatch):
+    """The run key covers the method's modules and the repository files they import, transitively (absolute,
+    relative and `from package import module`), and nothing else; docstrings do not count."""
+    files = {"m/__init__.py": "", "m/config.py": "X = 1\n", "m/train.py": "from m.config import X\n",
+             "m/eval.py": "from .helper import g\n", "m/helper.py": "def g():\n    return 1\n",
+             "m/model.py": "import common.used\n", "m/rl.py": "from common import used\n",
+             "common/__init__.py": "", "common/used.py": '"""Doc."""\nfrom common import deep\n',
+             "common/deep.py": "Y = 2\n", "common/unused.py": "Z = 3\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(mt10, "REPO", tmp_path)
+    before = mt10.code_version("m")
+    for name, text in {"common/unused.py": "Z = 4\n", "m/rl.py": "W = 0\n", "common/new.py": "V = 5\n",
+                       "common/used.py": '"""Another doc."""\nfrom common import deep\n'}.items():
+        (tmp_path / name).write_text(text)
+        assert mt10.code_version("m") == before, name
+    for name, text in {"common/deep.py": "Y = 3\n", "m/helper.py": "def g():\n    return 2\n",
+                       "common/__init__.py": "A = 1\n"}.items():
+        (tmp_path / name).write_text(text)
+        assert mt10.code_version("m") != before, name
+        before = mt10.code_version("m")
