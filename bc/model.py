@@ -62,14 +62,17 @@ class BCPolicy(nn.Module):
         mask = tokens["attention_mask"].to(ids.device).unsqueeze(-1).float()
         return (self.token_embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Predicted action chunk in normalised units: (B, H, action_dim)."""
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The concatenated image, state and instruction embeddings the head reads: (B, feature_dim)."""
         state = self.normalizer.normalize(self.cfg.state_key, batch[self.cfg.state_key].float())
         # the cameras go through the shared ResNet as one batch, then each sample's features are concatenated
         images = self.encode_image(torch.cat([batch[key] for key in self.image_keys]))
         images = torch.cat(images.chunk(len(self.image_keys)), dim=-1)
-        features = torch.cat([images, self.state_encoder(state), self.encode_instruction(batch["instruction"])], -1)
-        return self.head(features).view(-1, self.cfg.horizon, self.action_dim)
+        return torch.cat([images, self.state_encoder(state), self.encode_instruction(batch["instruction"])], -1)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Predicted action chunk in normalised units: (B, H, action_dim)."""
+        return self.head(self.features(batch)).view(-1, self.cfg.horizon, self.action_dim)
 
     def loss(self, predicted: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """L1 between `predicted = self(batch)` and the demonstrated chunk (both normalised): each sample's mean over

@@ -18,7 +18,7 @@ from common.data import ChunkDataset
 from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, cleanup_distributed, init_distributed, mean_over_ranks, plot_metrics,
+from common.train import (Logger, checkpoint_meta, cleanup_distributed, init_distributed, mean_over_ranks, plot_metrics,
                           resumable_loader, resume_last, save_checkpoint, seed_everything)
 
 from bc.config import PRESETS, BCConfig
@@ -34,11 +34,6 @@ def instruction_tokenizer(cfg: BCConfig) -> str:
 
 def build_model(cfg: BCConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> BCPolicy:
     return BCPolicy(cfg, stats, tokenizer_from_json(tokenizer_json), state_dim, action_dim)
-
-
-def checkpoint_config(cfg: BCConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> dict:
-    """What `eval.py` needs to rebuild the model from a checkpoint directory alone."""
-    return dict(config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json, state_dim=state_dim, action_dim=action_dim)
 
 
 def train(cfg: BCConfig) -> dict:
@@ -58,7 +53,7 @@ def train(cfg: BCConfig) -> dict:
     action_dim = demos.features["action"]["shape"][0]
     tokenizer_json = instruction_tokenizer(cfg)
     model = build_model(cfg, demos.stats, tokenizer_json, state_dim, action_dim).to(dist.device)
-    meta = checkpoint_config(cfg, demos.stats, tokenizer_json, state_dim, action_dim)
+    meta = checkpoint_meta("bc", cfg, demos.stats, tokenizer_json, state_dim, action_dim)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)

@@ -141,9 +141,11 @@ def load_pretrained(model: torch.nn.Module, directory: str | Path, strict: bool 
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint directory, a run directory (its last checkpoint) or a `checkpoints/`
-    directory (the one its `last` pointer names)."""
+    """A checkpoint directory from a checkpoint directory, a run directory (its last checkpoint), a `checkpoints/`
+    directory or the `last` pointer file itself (the checkpoint it names)."""
     path = Path(path)
+    if path.is_file() and path.name == "last":
+        return path.parent / path.read_text().strip()
     if (path / "config.json").exists():
         return path
     for pointer in (path / "checkpoints" / "last", path / "last"):
@@ -153,16 +155,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
                             f"checkpoints/last pointer")
 
 
-def rebuild_policy(checkpoint: str | Path, config_cls: type, build) -> tuple[torch.nn.Module, Any]:
+def checkpoint_meta(method: str, cfg: Any, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> dict:
+    """The config.json of a policy checkpoint: what rebuilds it from the directory alone — the method (its folder's
+    name, which `common.policy.load_policy` dispatches on), its config, the normalisation statistics, the tokenizer
+    and the state/action sizes."""
+    from common.config import to_dict  # here: common.config imports tyro, which the rest of this module needs not
+    return dict(method=method, config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json, state_dim=state_dim,
+                action_dim=action_dim)
+
+
+def rebuild_policy(checkpoint: str | Path, config_cls: type, build, load_weights: bool = True
+                   ) -> tuple[torch.nn.Module, Any]:
     """A trained policy and its config from a checkpoint (or run) directory alone: the config.json a method writes
     holds its config, the normalisation statistics, the tokenizer and the state/action sizes, which
-    `build(cfg, stats, tokenizer, state_dim, action_dim)` turns into the policy the weights are loaded into."""
+    `build(cfg, stats, tokenizer, state_dim, action_dim)` turns into the policy the weights are loaded into
+    (`load_weights=False`: built only, for a caller that loads them into a model around it)."""
     from common.config import from_dict  # here: common.config imports tyro, which the rest of this module needs not
     checkpoint = resolve_checkpoint(checkpoint)
     meta = read_config(checkpoint)
     cfg = from_dict(config_cls, meta["config"])
     policy = build(cfg, meta["stats"], meta["tokenizer"], meta["state_dim"], meta["action_dim"])
-    load_pretrained(policy, checkpoint)
+    if load_weights:
+        load_pretrained(policy, checkpoint)
     return policy, cfg
 
 

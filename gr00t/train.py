@@ -28,9 +28,9 @@ from common.data import ChunkDataset, EpisodeDataset
 from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_pretrained,
-                          mean_over_ranks, plot_metrics, read_config, resolve_checkpoint, resumable_loader,
-                          resume_last, save_checkpoint, seed_everything)
+from common.train import (Logger, checkpoint_meta, cleanup_distributed, full_state, init_distributed, last_checkpoint,
+                          load_pretrained, mean_over_ranks, plot_metrics, read_config, resolve_checkpoint,
+                          resumable_loader, resume_last, save_checkpoint, seed_everything)
 
 from gr00t.config import PRESETS, Gr00tConfig
 from gr00t.model import CategorySpecificLinear, ClosedLoopPolicy, Gr00tPolicy, sample_time
@@ -74,11 +74,6 @@ def init_from_checkpoint(policy: Gr00tPolicy, checkpoint: str | Path) -> list[st
                     module.b[slot] = 0.0
                 fresh.append(name)
     return fresh
-
-
-def checkpoint_config(cfg: Gr00tConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> dict:
-    """What `eval.py` needs to rebuild the policy from a checkpoint directory alone."""
-    return dict(config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json, state_dim=state_dim, action_dim=action_dim)
 
 
 def learning_rate(cfg: Gr00tConfig, step: int) -> float:
@@ -138,7 +133,7 @@ def train(cfg: Gr00tConfig) -> dict:
         if dist.is_main:
             print(f"initialised from {cfg.init_from}; embodiment slot {cfg.embodiment_id} fresh in {len(fresh)} layers")
     policy.to(dist.device)
-    meta = checkpoint_config(cfg, demos.stats, tokenizer_json, state_dim, action_dim)
+    meta = checkpoint_meta("gr00t", cfg, demos.stats, tokenizer_json, state_dim, action_dim)
     sharded = cfg.fsdp and dist.world_size > 1
     if sharded:
         shard(policy)

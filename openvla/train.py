@@ -25,8 +25,8 @@ from common.data import ChunkDataset
 from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
-from common.train import (Logger, cleanup_distributed, full_state, init_distributed, last_checkpoint, load_pretrained,
-                          mean_over_ranks, plot_metrics, resumable_loader, resume_last,
+from common.train import (Logger, checkpoint_meta, cleanup_distributed, full_state, init_distributed, last_checkpoint,
+                          load_pretrained, mean_over_ranks, plot_metrics, resumable_loader, resume_last,
                           save_checkpoint, seed_everything)
 
 from openvla.config import PRESETS, OpenVLAConfig, resolve
@@ -55,11 +55,6 @@ def prompt_length(cfg: OpenVLAConfig, tokenizer_json: str) -> int:
 def build_policy(cfg: OpenVLAConfig, stats: dict, tokenizer_json: str, state_dim: int,
                  action_dim: int) -> OpenVLAPolicy:
     return OpenVLAPolicy(cfg, stats, tokenizer_from_json(tokenizer_json), state_dim, action_dim)
-
-
-def checkpoint_config(cfg: OpenVLAConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> dict:
-    """What `eval.py` needs to rebuild the policy from a checkpoint directory alone."""
-    return dict(config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json, state_dim=state_dim, action_dim=action_dim)
 
 
 def learning_rate(cfg: OpenVLAConfig, step: int) -> float:
@@ -103,7 +98,7 @@ def train(cfg: OpenVLAConfig) -> dict:
     if cfg.max_text_tokens == 0:
         cfg = replace(cfg, max_text_tokens=prompt_length(cfg, tokenizer_json))
     policy = build_policy(cfg, demos.stats, tokenizer_json, state_dim, action_dim).to(dist.device)
-    meta = checkpoint_config(cfg, demos.stats, tokenizer_json, state_dim, action_dim)
+    meta = checkpoint_meta("openvla", cfg, demos.stats, tokenizer_json, state_dim, action_dim)
     sharded = cfg.fsdp and dist.world_size > 1
     if sharded:  # FSDP2: each decoder layer one unit, the rest of the policy the root unit
         from torch.distributed.fsdp import fully_shard

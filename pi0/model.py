@@ -284,13 +284,22 @@ class PI0(nn.Module):
     @torch.no_grad()
     def sample_actions(self, images, image_masks, tokens, token_masks, state, noise: Tensor,
                        num_steps: int | None = None) -> Tensor:
-        """Integrate dx/dτ = v_θ from τ = 1 (noise) to τ = 0 with Euler steps δ = −1/num_steps (π0 Sec. 3, App. B).
+        """Integrate dx/dτ = v_θ from τ = 1 (noise) to τ = 0 with Euler steps δ = −1/num_steps (π0 Sec. 3, App. B)."""
+        num_steps = num_steps or self.cfg.num_inference_steps
+        expert = self.expert_steps(images, image_masks, tokens, token_masks, state, noise.shape[1], num_steps)
+        x_t, dt = noise, -1.0 / num_steps
+        for step in range(num_steps):
+            x_t = torch.add(x_t, expert.velocity(x_t, step), alpha=dt)  # x_{τ+δ} = x_τ + δ · v_θ(x_τ, o)
+        return x_t
+
+    def expert_steps(self, images, image_masks, tokens, token_masks, state, horizon: int,
+                     num_steps: int) -> ActionExpertSteps:
+        """v_θ at each of `num_steps` Euler steps of one chunk, as `ActionExpertSteps(...).velocity(x_τ, step)`.
 
         No action token is seen by the prefix or by π0's state token, so their keys/values (the *context*) are
         computed once and reused by every step; each step runs the action expert alone over the H action tokens.
         The time conditions of all steps are computed up front, in one batch.
         """
-        num_steps = num_steps or self.cfg.num_inference_steps
         prefix, prefix_pad, prefix_start = self.embed_prefix(images, image_masks, tokens, token_masks)
         xs, context_pad, context_start = self.context_layout(prefix, prefix_pad, prefix_start, state)
         mask = additive(block_attention_mask(context_pad, context_start))
@@ -302,15 +311,11 @@ class PI0(nn.Module):
             xs, kv = joint_layer(list(pair[:len(xs)]), xs, [None] * len(xs), rope, mask, needed=(keep,) * len(xs))
             cache.append(kv)
         # the action tokens see every real context token and each other; mask and positions are the same each step
-        b, h = noise.shape[:2]
+        b, h = prefix.shape[0], horizon
         mask = additive(torch.cat([context_pad[:, None, :].expand(-1, h, -1), context_pad.new_ones(b, h, h)], dim=2))
-        positions = context_pad.sum(-1, keepdim=True) + torch.arange(h, device=noise.device)
-        expert = ActionExpertSteps(self, cache, self.rope(prefix, positions), mask[:, 0],
-                                   self.time_condition(euler_times(num_steps, noise.device).repeat_interleave(b)))
-        x_t, dt = noise, -1.0 / num_steps
-        for step in range(num_steps):
-            x_t = torch.add(x_t, expert.velocity(x_t, step), alpha=dt)  # x_{τ+δ} = x_τ + δ · v_θ(x_τ, o)
-        return x_t
+        positions = context_pad.sum(-1, keepdim=True) + torch.arange(h, device=prefix.device)
+        return ActionExpertSteps(self, cache, self.rope(prefix, positions), mask[:, 0],
+                                 self.time_condition(euler_times(num_steps, prefix.device).repeat_interleave(b)))
 
     @torch.no_grad()
     def sample_actions_uncached(self, images, image_masks, tokens, token_masks, state, noise: Tensor,

@@ -10,10 +10,12 @@ from safetensors.torch import load_file
 from common.train import last_checkpoint, read_metrics
 
 
-def assert_resume_is_exact(train_module, straight, interrupted, monkeypatch) -> None:
+def assert_resume_is_exact(train_module, straight, interrupted, monkeypatch, steps: str = "steps",
+                           metric: str = "loss") -> None:
     """`train_module`: a method's train.py (its `train` and the `save_checkpoint` it calls); `straight` and
-    `interrupted`: the same config with two run directories, logging every step. The interrupted run dies right
-    after its first checkpoint (`save_every` steps), then resumes."""
+    `interrupted`: the same config with two run directories, logging every step (the config's field `steps` counts
+    them, `metric` is a logged loss). The interrupted run dies right after its first checkpoint (`save_every`
+    steps), then resumes."""
     train_module.train(straight)
     save = train_module.save_checkpoint
 
@@ -28,8 +30,8 @@ def assert_resume_is_exact(train_module, straight, interrupted, monkeypatch) -> 
     assert last_checkpoint(interrupted.run_dir).name == f"{interrupted.save_every:08d}"
     train_module.train(dataclasses.replace(interrupted, resume=True))
     a, b = read_metrics(straight.run_dir), read_metrics(interrupted.run_dir)
-    assert [m["step"] for m in b] == list(range(1, straight.steps + 1))
-    assert [m["loss"] for m in a] == [m["loss"] for m in b]
+    assert [m["step"] for m in b] == list(range(1, getattr(straight, steps) + 1))
+    assert [m[metric] for m in a] == [m[metric] for m in b]
     wa = load_file(last_checkpoint(straight.run_dir) / "model.safetensors")
     wb = load_file(last_checkpoint(interrupted.run_dir) / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

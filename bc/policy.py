@@ -1,0 +1,90 @@
+"""BC as an RL policy: `common/policy.py`'s contract around a trained `BCPolicy`.
+
+    a ~ N(mu_theta(o), diag sigma^2)   over the K = n_action_steps actions of the chunk the robot executes, in the
+                                       policy's normalised action units; mu is the BC head's output, sigma = exp(log_std)
+                                       with one learned log-std per action dimension (a Gaussian around a regression
+                                       head, as PPO's continuous-action policies: Schulman et al. 2017; CleanRL)
+    log pi(a|o) = sum_{k<K, d} log N(a_kd; mu_kd, sigma_d^2)      one number per chunk (chunk-level PPO)
+    H = K * sum_d (1/2) log(2 pi e sigma_d^2)                     the closed-form entropy
+    V(o) = MLP(features(o))            a value head on the policy's own embeddings (image, state, instruction), read
+                                       detached: the critic learns without moving the actor's features, so a critic
+                                       warm-up leaves the policy as it was (RLinf's `detach_critic_input`)
+
+The imitation policy stays in eval mode (no random-shift augmentation): the log-probability recomputed in the update
+must equal the rollout's before any step (PPO's ratio is exactly 1 there).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from common.policy import feature_batch, load_actor_critic_weights, register_policy
+from common.train import rebuild_policy
+
+from bc.config import BCConfig
+from bc.model import BCPolicy
+from bc.train import build_model
+
+INIT_LOG_STD = math.log(0.2)  # sigma at the start of RL, in normalised action units (the demos' std is 1)
+
+
+class BCActorCritic(nn.Module):
+    def __init__(self, policy: BCPolicy, value_hidden: int = 256):
+        super().__init__()
+        self.policy, self.cfg = policy, policy.cfg
+        self.log_std = nn.Parameter(torch.full((policy.action_dim,), INIT_LOG_STD))
+        feature_dim = policy.head[0].in_features
+        self.value_head = nn.Sequential(nn.Linear(feature_dim, value_hidden), nn.ReLU(),
+                                        nn.Linear(value_hidden, value_hidden), nn.ReLU(), nn.Linear(value_hidden, 1))
+        self.policy.eval()
+
+    def train(self, mode: bool = True) -> "BCActorCritic":
+        super().train(mode)
+        self.policy.eval()  # no augmentation in RL (see the module docstring)
+        return self
+
+    def _features(self, obs: TensorDict) -> torch.Tensor:
+        return self.policy.features(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
+
+    def _mean(self, features: torch.Tensor) -> torch.Tensor:
+        """The head's executed actions, normalised: (B, K, A)."""
+        chunk = self.policy.head(features).view(-1, self.cfg.horizon, self.policy.action_dim)
+        return chunk[:, : self.cfg.n_action_steps]
+
+    def _log_prob(self, mean: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        return torch.distributions.Normal(mean, self.log_std.exp()).log_prob(sample).sum((1, 2))
+
+    # ----------------------------------------------------------------------------------------------- the contract
+    @torch.no_grad()
+    def predict(self, obs: TensorDict) -> torch.Tensor:
+        """The whole chunk as trained (the mean), environment units: (B, H, A)."""
+        return self.policy.predict_chunk(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
+
+    def forward(self, obs: TensorDict, deterministic: bool = False) -> TensorDict:
+        features = self._features(obs)
+        mean = self._mean(features)
+        sample = mean if deterministic else mean + self.log_std.exp() * torch.randn_like(mean)
+        return TensorDict(action=self.policy.normalizer.unnormalize("action", sample), sample=sample,
+                          log_prob=self._log_prob(mean, sample), value=self.value_head(features.detach()),
+                          batch_size=[len(mean)])
+
+    def get_value(self, obs: TensorDict) -> torch.Tensor:
+        return self.value_head(self._features(obs).detach())
+
+    def evaluate_actions(self, obs: TensorDict, rollout: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self._mean(self._features(obs))
+        per_dim = 0.5 * math.log(2 * math.pi * math.e) + self.log_std  # entropy of one Gaussian dimension
+        entropy = (self.cfg.n_action_steps * per_dim.sum()).expand(len(mean))
+        return self._log_prob(mean, rollout["sample"]), entropy
+
+
+@register_policy("bc")
+def load(checkpoint: Path) -> BCActorCritic:
+    """From a BC training checkpoint (fresh log-std and value head) or an online-RL one (all of it)."""
+    policy, _ = rebuild_policy(checkpoint, BCConfig, build_model, load_weights=False)
+    return load_actor_critic_weights(BCActorCritic(policy), checkpoint)

@@ -1,0 +1,319 @@
+"""Online RL through the policy contract: GAE and the PPO loss on hand cases, the contract on a BC checkpoint (log-probs
+recomputed exactly, closed-form entropy, a value head that leaves `predict` alone, load_policy round trips), one
+update raising a positively-advantaged chunk's probability, envs identical in and out of worker processes, exact
+resume, and the end-to-end run."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.envs.metaworld import MetaWorldEnv
+from common.policy import Policy, load_policy, observations
+from common.tests import demo_cache, resume
+from common.train import last_checkpoint, read_metrics
+
+from bc.config import PRESETS
+from bc.train import demo_spec, train as train_bc
+from pi0.config import PRESETS as PI0_PRESETS
+from pi0.policy import NOISE_LEVEL
+from pi0.train import train as train_pi0
+
+from online_rl import ppo
+from online_rl.envs import ChunkEnvs
+from online_rl.ppo import PPOConfig, gae, ppo_losses
+
+torch.set_num_threads(1)
+TASKS = PRESETS["smoke"].tasks  # reach, drawer-close: the smoke BC policy's tasks
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Smoke training runs of BC, π0 and π0.5 on the same two tasks (their demos in a private cache)."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = dataclasses.replace(PRESETS["smoke"], run_dir=str(root / "bc"), eval_episodes=0)
+    assert PI0_PRESETS["smoke"].tasks == cfg.tasks
+    with demo_cache.private_cache(root / "cache", demo_spec(cfg)):
+        train_bc(cfg)
+        for variant in ("pi0", "pi05"):
+            train_pi0(dataclasses.replace(PI0_PRESETS["smoke"], variant=variant, run_dir=str(root / variant),
+                                          eval_episodes=0, demo_image_size=32))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def bc_run(runs):
+    return runs / "bc"
+
+
+METHODS = ("bc", "pi0", "pi05")
+
+
+def quick(tmp_path, bc_run, **overrides) -> PPOConfig:
+    return dataclasses.replace(PPOConfig(policy=str(bc_run), run_dir=str(tmp_path / "ppo"), tasks=TASKS,
+                                         envs_per_task=2, iterations=3, max_steps=12, minibatch_size=8, update_epochs=2,
+                                         critic_warmup=1, eval_episodes=0, save_every=1, workers=0, threads=1),
+                               **overrides)
+
+
+def obs_batch(n=3, image_size=32):
+    env = MetaWorldEnv("reach-v3", image_size=image_size)
+    try:
+        return observations([env.reset(7, e) for e in range(n)], ("corner",))
+    finally:
+        env.close()
+
+
+# ------------------------------------------------------------------------------------------------ the maths
+def test_gae_on_a_hand_case():
+    # one env, three chunks, success on the last (terminal: nothing after it is bootstrapped)
+    rewards, values = torch.tensor([[0.0], [0.0], [1.0]]), torch.tensor([[0.5], [0.6], [0.7]])
+    next_values, goes_on = torch.tensor([[0.6], [0.7], [0.0]]), torch.tensor([[True], [True], [False]])
+    adv, ret = gae(rewards, values, next_values, goes_on, gamma=0.9, lam=0.8)
+    d = [0 + 0.9 * 0.6 - 0.5, 0 + 0.9 * 0.7 - 0.6, 1 - 0.7]
+    expected = [d[0] + 0.72 * (d[1] + 0.72 * d[2]), d[1] + 0.72 * d[2], d[2]]
+    torch.testing.assert_close(adv[:, 0], torch.tensor(expected))
+    torch.testing.assert_close(ret, adv + values)
+    # truncated by the step limit after chunk 0 (bootstrap with V(s_final) = 2), a new episode does not leak back
+    adv, _ = gae(torch.tensor([[0.0], [5.0]]), torch.tensor([[1.0], [1.0]]), torch.tensor([[2.0], [0.0]]),
+                 torch.tensor([[False], [False]]), gamma=0.5, lam=1.0)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([0.5 * 2 - 1, 5.0 - 1]))
+
+
+def test_ppo_losses_on_a_hand_case():
+    old = torch.zeros(3)
+    log_prob = torch.log(torch.tensor([1.5, 0.5, 1.1]))  # ratios 1.5 (clipped to 1.2), 0.5 (to 0.8), 1.1
+    adv = torch.tensor([1.0, -2.0, 3.0])
+    out = ppo_losses(log_prob, old, adv, value=torch.tensor([1.0, 0.0, 2.0]), old_value=torch.tensor([0.0, 0.0, 1.0]),
+                     returns=torch.tensor([0.0, 1.0, 2.0]), clip=0.2, value_clip=0.5)
+    # -min(r A, clip(r) A): 1.2 * 1 (clipped), 0.8 * -2 is smaller than 0.5 * -2 -> -1.6, 1.1 * 3
+    torch.testing.assert_close(out["policy"], -torch.tensor((1.2 - 1.6 + 3.3) / 3))
+    # value: max((V-R)^2, (V_old + clip(V - V_old) - R)^2) = max(1, 0.25), max(1, 1), max(0, 0.25)
+    torch.testing.assert_close(out["value"], torch.tensor(0.5 * (1 + 1 + 0.25) / 3))
+    assert out["clip_fraction"] == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------------------------ the contract
+def test_load_policy_round_trips_bc_from_run_checkpoint_and_pointer(bc_run):
+    from bc.eval import load_policy as load_bc
+    trained = load_bc(bc_run)[0].eval()
+    obs = obs_batch()
+    expected = trained.predict_chunk({"observation.images.corner": obs["rgb"][:, 0], "observation.state": obs["proprio"],
+                                      "instruction": list(obs["language"])})
+    for path in (bc_run, last_checkpoint(bc_run), bc_run / "checkpoints" / "last"):
+        policy = load_policy(path)
+        assert isinstance(policy, Policy) and type(policy).__name__ == "BCActorCritic"
+        assert torch.equal(policy.predict(obs), expected)
+    from pi0.eval import load_policy as load_pi0
+    for variant in ("pi0", "pi05"):
+        trained = load_pi0(bc_run.parent / variant)[0].eval()
+        policy = load_policy(bc_run.parent / variant)
+        assert type(policy).__name__ == "Pi0ActorCritic" and policy.cfg.variant == variant
+        obs = obs_batch(image_size=32)
+        torch.manual_seed(0)
+        expected = trained.predict_chunk(feature_for(policy, obs))
+        torch.manual_seed(0)
+        assert torch.equal(policy.predict(obs), expected)
+    with pytest.raises(ValueError, match="unknown method"):
+        load_policy(bc_run, method="no_such_method")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recomputed_log_prob_equals_the_rollouts(runs, method):
+    policy = load_policy(runs / method)
+    obs = obs_batch(image_size=policy.cfg.demo_image_size)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = policy(obs)
+    assert out["action"].shape == (3, policy.cfg.n_action_steps, 4) and out["log_prob"].shape == (3,)
+    assert out["value"].shape == (3, 1) and torch.isfinite(out["log_prob"]).all()
+    policy.train()  # the RL update's mode: must not switch on the imitation policy's augmentation
+    log_prob, entropy = policy.evaluate_actions(obs, out)
+    assert torch.equal(log_prob, out["log_prob"])  # PPO's ratio is exactly 1 before an update
+    assert entropy.shape == (3,) and torch.isfinite(entropy).all()
+    # deterministic: the mean / the ODE, in environment units; the first K actions of the policy as trained
+    torch.manual_seed(1)
+    deterministic = policy(obs, deterministic=True)["action"]
+    torch.manual_seed(1)
+    torch.testing.assert_close(deterministic, policy.predict(obs)[:, :out["action"].shape[1]])
+
+
+def test_bc_log_prob_and_entropy_are_the_gaussians(bc_run):
+    policy = load_policy(bc_run)
+    obs = obs_batch()
+    with torch.no_grad():
+        out = policy(obs)
+        log_prob, entropy = policy.evaluate_actions(obs, out)
+        sigma = policy.log_std.exp().expand(policy.cfg.n_action_steps, -1)
+        mean = policy.policy(feature_for(policy, obs))[:, :policy.cfg.n_action_steps]
+    torch.testing.assert_close(entropy, torch.distributions.Normal(0, sigma).entropy().sum().expand(3))
+    torch.testing.assert_close(log_prob, torch.distributions.Normal(mean, sigma).log_prob(out["sample"]).sum((1, 2)))
+
+
+def feature_for(policy, obs):
+    return {"observation.images.corner": obs["rgb"][:, 0], policy.cfg.state_key: obs["proprio"],
+            "instruction": list(obs["language"])}
+
+
+@pytest.mark.parametrize("step", [0, 3, 9])
+def test_flow_sde_step_is_rlinfs(runs, step):
+    """μ and s of Flow-SDE's step against RLinf's form of them: x0_pred (1 − (τ − δ)) + x1_pred (τ − δ − σ²δ/2τ) with
+    x0_pred = x − τ v, x1_pred = x + (1 − τ) v, s = √δ σ; σ = a √(τ / (1 − τ)), the first step's 1 − τ read as δ."""
+    policy = load_policy(runs / "pi0")
+    n = policy.cfg.num_inference_steps
+    x, v = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(0)).chunk(2)
+    mean, std = policy._sde_step(x, v, torch.tensor([step]))
+    tau, delta = 1 - step / n, 1 / n
+    sigma = NOISE_LEVEL * math.sqrt(tau / (delta if step == 0 else 1 - tau))
+    x0, x1 = x - tau * v, x + (1 - tau) * v
+    torch.testing.assert_close(mean, x0 * (1 - (tau - delta)) + x1 * (tau - delta - sigma ** 2 * delta / (2 * tau)))
+    torch.testing.assert_close(std.flatten(), torch.tensor([math.sqrt(delta) * sigma]))
+    if step == 0:
+        assert std.item() == pytest.approx(NOISE_LEVEL)
+
+
+def test_flow_sde_scores_the_stored_step_and_its_entropy(runs):
+    policy = load_policy(runs / "pi0")
+    obs = obs_batch(image_size=32)
+    with torch.no_grad():
+        out = policy(obs)
+        k = out["step"]
+        assert (k == k[0]).all() and 0 <= k[0] < policy.cfg.num_inference_steps  # one step per call
+        log_prob, entropy = policy.evaluate_actions(obs, out)
+        _, std = policy._sde_step(out["x_k"], out["x_k"], k)
+    n_entries = policy.cfg.n_action_steps * 4
+    torch.testing.assert_close(entropy, n_entries * 0.5 * torch.log(2 * math.pi * math.e * std.flatten() ** 2))
+    moved = out.clone()
+    moved["x_next"] = out["x_next"] + 0.1  # another sample of the same step: another likelihood
+    assert not torch.allclose(policy.evaluate_actions(obs, moved)[0], log_prob)
+    outside = out.clone()
+    outside["x_next"][:, policy.cfg.n_action_steps:] += 1.0  # entries the robot does not execute do not count
+    assert torch.equal(policy.evaluate_actions(obs, outside)[0], log_prob)
+
+
+def test_pi0_rl_trains_the_expert_not_the_vlm(runs):
+    policy = load_policy(runs / "pi0")
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert any(n.startswith("value_head.") for n in trainable)
+    assert any(n.startswith("policy.model.expert_layers.") for n in trainable)
+    assert not any(n.startswith(("policy.model.vlm_layers.", "policy.model.vision_tower.")) for n in trainable)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_value_head_does_not_change_predict(runs, method):
+    policy = load_policy(runs / method)
+    obs = obs_batch(image_size=policy.cfg.demo_image_size)
+    torch.manual_seed(0)
+    before = policy.predict(obs)
+    with torch.no_grad():
+        for p in policy.value_head.parameters():
+            p.add_(1.0)
+    torch.manual_seed(0)
+    assert torch.equal(policy.predict(obs), before)
+    value = policy.get_value(obs)
+    assert value.shape == (3, 1)
+    value.sum().backward()  # the critic reads the features detached: no gradient reaches the actor
+    assert all(p.grad is None for p in policy.policy.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_update_raises_the_probability_of_a_positively_advantaged_chunk(runs, method):
+    policy = load_policy(runs / method)
+    obs = obs_batch(2, image_size=policy.cfg.demo_image_size)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        out = policy(obs)
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
+    log_prob, _ = policy.evaluate_actions(obs, out)
+    losses = ppo_losses(log_prob, out["log_prob"], torch.tensor([1.0, -1.0]), policy.get_value(obs)[:, 0],
+                        out["value"][:, 0], torch.zeros(2), clip=0.2, value_clip=0.2)
+    losses["policy"].backward()
+    optimizer.step()
+    with torch.no_grad():
+        after, _ = policy.evaluate_actions(obs, out)
+    assert after[0] > out["log_prob"][0] and after[1] < out["log_prob"][1]
+
+
+def test_load_policy_reads_an_rl_checkpoint_whole(bc_run, tmp_path):
+    ppo.train(quick(tmp_path, bc_run, iterations=2))
+    policy = load_policy(tmp_path / "ppo")
+    saved = load_file(last_checkpoint(tmp_path / "ppo") / "model.safetensors")
+    assert {"log_std", "value_head.0.weight"} <= saved.keys()
+    assert all(torch.equal(v, saved[k]) for k, v in policy.state_dict().items())
+    meta = json.loads((last_checkpoint(tmp_path / "ppo") / "config.json").read_text())
+    assert meta["method"] == "bc" and meta["online_rl"]["algorithm"] == "ppo"
+
+
+# ------------------------------------------------------------------------------------------------ envs and runs
+def test_envs_in_worker_processes_equal_envs_in_process():
+    tasks = ["reach-v3", "drawer-close-v3", "reach-v3"]
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 4, 4)).astype(np.float32)
+    outcomes = []
+    for workers in (0, 2):
+        envs = ChunkEnvs(tasks, image_size=32, cameras=("corner",), max_steps=6, workers=workers)
+        try:
+            first = envs.reset(3, [0, 0, 1])
+            a = envs.step(actions, np.ones(3, bool))
+            b = envs.step(actions, np.array([True, False, True]))  # env 1 idles
+            outcomes.append((first, a, b))
+        finally:
+            envs.close()
+    (f0, a0, b0), (f1, a1, b1) = outcomes
+    assert all(np.array_equal(x["images"]["corner"], y["images"]["corner"]) for x, y in zip(f0, f1))
+    for x, y in ((a0, a1), (b0, b1)):
+        np.testing.assert_array_equal(x.dense, y.dense)
+        np.testing.assert_array_equal(x.steps, y.steps)
+        np.testing.assert_array_equal(x.done, y.done)
+    assert list(a0.steps) == [4, 4, 4] and list(b0.steps) == [2, 0, 2] and b0.obs[1] is None
+    assert b0.done[0] and b0.truncated[0] and not b0.success[0]  # 6 steps: the limit, not success
+
+
+def test_ppo_resume_is_exact(bc_run, tmp_path, monkeypatch):
+    resume.assert_resume_is_exact(ppo, quick(tmp_path / "a", bc_run), quick(tmp_path / "b", bc_run), monkeypatch,
+                                  steps="iterations", metric="policy")
+
+
+@pytest.mark.parametrize("method", ["bc", "pi0"])
+def test_ppo_end_to_end_with_evaluation(runs, tmp_path, method):
+    cfg = quick(tmp_path, runs / method, iterations=2, eval_episodes=1, workers=2, reward="dense")
+    after = ppo.train(cfg)
+    run = tmp_path / "ppo"
+    assert set(after) == set(TASKS) and all(r["episodes"] == 1 for r in after.values())
+    for name in ("eval_before/eval.json", "eval_after/eval.json", "eval_after/eval.md"):
+        assert (run / name).stat().st_size > 0
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(m["chunks"] > 0 and math.isfinite(m["value"]) for m in metrics)
+    assert metrics[0]["kl_start"] == 0.0  # nothing updated the actor before the first rollout
+    assert metrics[1]["kl_start"] == 0.0  # the first iteration was critic warm-up: the actor is unchanged
+
+
+def test_rollout_masks_ended_episodes_and_bootstraps_truncated_ones(bc_run, tmp_path):
+    cfg = quick(tmp_path, bc_run, max_steps=6)  # K = 4 actions per chunk: every episode is cut in its second chunk
+    policy = load_policy(bc_run)
+    envs = ChunkEnvs(list(TASKS), 32, ("corner",), cfg.max_steps, workers=0)
+    try:
+        torch.manual_seed(0)
+        batch = ppo.rollout(policy, envs, dataclasses.replace(cfg, envs_per_task=1), iteration=0, device="cpu")
+    finally:
+        envs.close()
+    assert batch["valid"].shape == (2, 2) and batch["valid"].all()
+    assert batch["goes_on"][0].all() and not batch["goes_on"][1].any()
+    torch.testing.assert_close(batch["next_values"][0], batch["values"][1])
+    # the truncated chunk bootstraps with V of where the episode stopped: replay its actions in a fresh env
+    for i, task in enumerate(TASKS):
+        env = MetaWorldEnv(task, image_size=32, max_steps=cfg.max_steps)
+        try:
+            env.reset(cfg.placement_seed, 0)
+            for t in range(2):
+                actions = policy.policy.normalizer.unnormalize("action", batch["out"]["sample"][t, i])
+                for action in actions.numpy()[: cfg.max_steps - 4 * t]:
+                    env.step(action, render=False)
+            final = observations([env.observation()], ("corner",))
+        finally:
+            env.close()
+        torch.testing.assert_close(batch["next_values"][1, i], policy.get_value(final)[0, 0])
