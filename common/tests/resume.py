@@ -11,19 +11,20 @@ from common.train import last_checkpoint, read_metrics
 
 
 def assert_resume_is_exact(train_module, straight, interrupted, monkeypatch, steps: str = "steps",
-                           metric: str = "loss") -> None:
-    """`train_module`: a method's train.py (its `train` and the `save_checkpoint` it calls); `straight` and
-    `interrupted`: the same config with two run directories, logging every step (the config's field `steps` counts
-    them, `metric` is a logged loss). The interrupted run dies right after its first checkpoint (`save_every`
+                           metric: str = "loss", saver=None) -> None:
+    """`train_module`: a method's train.py (its `train` and the `save_checkpoint` it calls, or `saver`'s); `straight`
+    and `interrupted`: the same config with two run directories, logging every step (the config's field `steps`
+    counts them, `metric` is a logged loss). The interrupted run dies right after its first checkpoint (`save_every`
     steps), then resumes."""
     train_module.train(straight)
-    save = train_module.save_checkpoint
+    saver = saver or train_module
+    save = saver.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(saver, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(interrupted)
     monkeypatch.undo()

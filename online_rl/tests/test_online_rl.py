@@ -23,7 +23,7 @@ from pi0.config import PRESETS as PI0_PRESETS
 from pi0.policy import NOISE_LEVEL
 from pi0.train import train as train_pi0
 
-from online_rl import ppo
+from online_rl import grpo, loop, ppo
 from online_rl.envs import ChunkEnvs
 from online_rl.ppo import PPOConfig, gae, ppo_losses
 
@@ -95,6 +95,33 @@ def test_ppo_losses_on_a_hand_case():
     # value: max((V-R)^2, (V_old + clip(V - V_old) - R)^2) = max(1, 0.25), max(1, 1), max(0, 0.25)
     torch.testing.assert_close(out["value"], torch.tensor(0.5 * (1 + 1 + 0.25) / 3))
     assert out["clip_fraction"] == pytest.approx(2 / 3)
+
+
+def test_grpo_advantages_and_dynamic_sampling_on_a_hand_case():
+    outcomes = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    group = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    adv, keep = grpo.grpo_advantages(outcomes, group)
+    std = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)  # the sample std of (1, 0, 0)
+    torch.testing.assert_close(adv, torch.tensor([(2 / 3) / std, -(1 / 3) / std, -(1 / 3) / std, 0, 0, 0, 0, 0]),
+                               atol=1e-5, rtol=1e-5)
+    assert keep.tolist() == [True] * 3 + [False] * 5  # all-success and all-failure groups are dropped
+
+
+def test_grpo_loss_clips_asymmetrically():
+    log_prob = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5]))  # ratios
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    out = grpo.grpo_loss(log_prob, torch.zeros(4), adv, clip_low=0.2, clip_high=0.28)
+    # -min(r A, clip(r) A): 1.28 (clipped high), -1.5 (unclipped is smaller), 0.5, -0.8 (clipped low)
+    torch.testing.assert_close(out["policy"], -torch.tensor((1.28 - 1.5 + 0.5 - 0.8) / 4))
+
+
+def test_grpo_groups_share_a_placement_and_tasks_alternate():
+    cfg = grpo.GRPOConfig(tasks=("reach-v3", "push-v3"), envs_per_task=4, group_size=2)
+    assert cfg.env_tasks() == ["reach-v3", "push-v3"] * 4
+    assert grpo.groups(cfg).tolist() == [0, 2, 0, 2, 1, 3, 1, 3]
+    assert grpo.placements(cfg, 3) == [6, 6, 6, 6, 7, 7, 7, 7]  # per task: a group's envs share one placement
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        grpo.GRPOConfig(envs_per_task=6, group_size=4)
 
 
 # ------------------------------------------------------------------------------------------------ the contract
@@ -274,7 +301,38 @@ def test_envs_in_worker_processes_equal_envs_in_process():
 
 def test_ppo_resume_is_exact(bc_run, tmp_path, monkeypatch):
     resume.assert_resume_is_exact(ppo, quick(tmp_path / "a", bc_run), quick(tmp_path / "b", bc_run), monkeypatch,
-                                  steps="iterations", metric="policy")
+                                  steps="iterations", metric="policy", saver=loop)
+
+
+def test_grpo_update_learns_from_a_group_with_signal(bc_run):
+    cfg = grpo.GRPOConfig(policy=str(bc_run), tasks=("reach-v3",), envs_per_task=2, group_size=2, max_steps=8,
+                          update_epochs=1, minibatch_size=64, lr=1e-5)
+    policy = load_policy(bc_run)
+    envs = ChunkEnvs(cfg.env_tasks(), 32, ("corner",), cfg.max_steps, workers=0)
+    try:
+        torch.manual_seed(0)
+        batch = loop.rollout(policy, envs, cfg, grpo.placements(cfg, 0), device="cpu")
+    finally:
+        envs.close()
+    batch["success"] = np.array([True, False])  # as if episode 0 of the group had succeeded
+    obs, out = batch["obs"].reshape(-1), batch["out"].reshape(-1)
+    stats = grpo.update(cfg, policy, policy, grpo.make_optimizer(policy, cfg), batch, 0, torch.Generator())
+    assert stats["groups_kept"] == 1 and stats["chunks_used"] == int(batch["valid"].sum()) == 4
+    with torch.no_grad():
+        change = policy.evaluate_actions(obs, out)[0] - out["log_prob"]
+    assert change[0::2].mean() > 0 > change[1::2].mean()  # env 0's chunks (rows t * 2) up, env 1's down
+
+
+def test_grpo_end_to_end(runs, tmp_path):
+    shared = {f.name for f in dataclasses.fields(loop.RLConfig)}
+    settings = {k: v for k, v in dataclasses.asdict(quick(tmp_path, runs / "bc")).items() if k in shared}
+    cfg = grpo.GRPOConfig(**dict(settings, envs_per_task=2, group_size=2, max_steps=40, iterations=2))
+    grpo.train(cfg)
+    metrics = read_metrics(tmp_path / "ppo")
+    assert [m["step"] for m in metrics] == [1, 2] and all("groups_kept" in m for m in metrics)
+    policy = load_policy(tmp_path / "ppo")
+    meta = json.loads((last_checkpoint(tmp_path / "ppo") / "config.json").read_text())
+    assert meta["online_rl"]["algorithm"] == "grpo" and type(policy).__name__ == "BCActorCritic"
 
 
 @pytest.mark.parametrize("method", ["bc", "pi0"])
@@ -298,7 +356,7 @@ def test_rollout_masks_ended_episodes_and_bootstraps_truncated_ones(bc_run, tmp_
     envs = ChunkEnvs(list(TASKS), 32, ("corner",), cfg.max_steps, workers=0)
     try:
         torch.manual_seed(0)
-        batch = ppo.rollout(policy, envs, dataclasses.replace(cfg, envs_per_task=1), iteration=0, device="cpu")
+        batch = loop.rollout(policy, envs, cfg, episodes=[0, 0], device="cpu")
     finally:
         envs.close()
     assert batch["valid"].shape == (2, 2) and batch["valid"].all()

@@ -1,0 +1,180 @@
+"""What every online-RL algorithm here shares: the settings, the rollout of one iteration, the closed-loop
+evaluation before and after, and the iteration loop (rollout -> the algorithm's update -> log -> checkpoint) with
+exact resume. The algorithms (ppo.py, grpo.py) bring their update and, for GRPO, the grouping of placements.
+
+A run: the imitation checkpoint is loaded through `common.policy.load_policy` (so any method's policy), evaluated,
+fine-tuned for `iterations` iterations, evaluated again. Each iteration plays one episode per env (envs.py); all its
+random draws are seeded by (seed, iteration) alone, so a resumed run repeats the uninterrupted one exactly.
+Checkpoints hold the actor-critic's weights with the imitation checkpoint's config.json (plus this run's config
+under `online_rl`), so `load_policy` reads a fine-tuned policy back whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from common.config import to_dict
+from common.envs.metaworld import eval_config, evaluate, format_results
+from common.policy import Policy, load_policy, observations
+from common.train import Logger, read_config, resolve_checkpoint, resume_last, save_checkpoint, seed_everything
+
+from online_rl.envs import ChunkEnvs
+
+# MT10 tasks on which the imitation policies of benchmarks/results/mt10.md are weak but not at zero (a sparse reward
+# needs some successes to learn from)
+WEAK_TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3", "window-open-v3")
+
+
+@dataclass
+class RLConfig:
+    policy: str = "../pi0/runs/pi0"  # the imitation checkpoint to fine-tune: a checkpoint, run dir or `last` pointer
+    run_dir: str = "runs/rl"  # checkpoints, metrics.jsonl, eval_before/ and eval_after/
+    tasks: tuple[str, ...] = WEAK_TASKS  # trained (and evaluated) tasks
+    envs_per_task: int = 4  # episodes per task per iteration
+    iterations: int = 50  # iterations (one episode per env each)
+    max_steps: int = 200  # environment steps per episode (as the imitation evaluation)
+    placement_seed: int = 5000  # training placements (demos use 0, evaluation 1000 and 2000)
+    reward: str = "success"  # "success": 1 on success (sparse); "dense": Meta-World's shaped reward x dense_scale
+    dense_scale: float = 0.01  # the dense reward's scale (Meta-World's is 0..10 per step)
+    update_epochs: int = 4  # passes over each iteration's chunks
+    minibatch_size: int = 32  # chunks per gradient step
+    lr: float = 1e-5  # actor learning rate (RLinf's Meta-World pi0 setting)
+    max_grad_norm: float = 1.0  # gradient clipping
+    eval_episodes: int = 10  # closed-loop evaluation episodes per task, before and after (placements of seed 1000;
+    #                           0: none)
+    save_every: int = 5  # checkpoint every k iterations (and at the end)
+    workers: int = 2  # environment processes (0: in this process)
+    seed: int = 0  # seeds sampling, minibatch order and the RL heads' initialisation
+    threads: int = 2  # torch CPU threads
+    resume: bool = False  # continue run_dir's last checkpoint exactly
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+
+    def __post_init__(self):
+        if self.reward not in ("success", "dense"):
+            raise ValueError(f"reward must be 'success' or 'dense', got {self.reward!r}")
+
+    def env_tasks(self) -> list[str]:
+        """The task of every env: env i runs tasks[i % len(tasks)]."""
+        return [self.tasks[i % len(self.tasks)] for i in range(self.envs_per_task * len(self.tasks))]
+
+
+# ---------------------------------------------------------------------------------------------------- rollouts
+@torch.no_grad()
+def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int], device: torch.device) -> dict:
+    """One episode per env, env i from placement (placement_seed, episodes[i]), as (T, N) tensors of chunk steps;
+    rows of envs whose episode has ended hold their last values and are masked out by `valid`. The policy runs on
+    the active envs only."""
+    cameras, state_key = policy.cfg.cameras, policy.cfg.state_key
+    current = envs.reset(cfg.placement_seed, episodes)
+    active = np.ones(envs.n, bool)
+    success, returns, steps, out = np.zeros(envs.n, bool), np.zeros(envs.n), [], None
+    while active.any():
+        obs = observations(current, cameras, state_key, device)
+        rows = torch.as_tensor(np.flatnonzero(active))
+        sampled = policy(obs[rows])
+        if out is None:
+            out = sampled.exclude("action").clone()
+        out[rows] = sampled.exclude("action")  # inactive rows keep stale values (masked)
+        actions = np.zeros((envs.n, *sampled["action"].shape[1:]), np.float32)
+        actions[rows.numpy()] = sampled["action"].cpu().numpy()
+        result = envs.step(actions, active)
+        reward = result.dense * cfg.dense_scale if cfg.reward == "dense" else result.success.astype(float)
+        next_value = torch.zeros(envs.n, device=device)  # 0 after success; set below where the episode goes on
+        cut = np.flatnonzero(result.truncated)
+        if len(cut):  # the step limit ended these episodes: bootstrap with the value of where they stopped
+            final = observations([result.obs[i] for i in cut], cameras, state_key, device)
+            next_value[torch.as_tensor(cut)] = policy.get_value(final)[:, 0]
+        steps.append(dict(obs=obs, out=out.clone(), reward=torch.as_tensor(np.where(active, reward, 0.0)),
+                          valid=torch.as_tensor(active.copy()), goes_on=torch.as_tensor(active & ~result.done),
+                          next_value=next_value))
+        returns += np.where(active, reward, 0.0)
+        success |= result.success & active
+        current = [o if o is not None else c for o, c in zip(result.obs, current)]
+        active &= ~result.done
+    stacked = {key: torch.stack([s[key] for s in steps]) for key in steps[0]}
+    values = stacked["out"]["value"][..., 0]
+    goes_on = stacked["goes_on"].to(device)
+    next_values = stacked["next_value"]
+    next_values[:-1] = torch.where(goes_on[:-1], values[1:], next_values[:-1])  # V(s_{t+1}) where it goes on
+    return dict(obs=stacked["obs"], out=stacked["out"], rewards=stacked["reward"].float().to(device), values=values,
+                next_values=next_values, goes_on=goes_on, valid=stacked["valid"].to(device), success=success,
+                returns=returns)
+
+
+def kl_to_start(reference: Policy, obs, out) -> float:
+    """KL(pi || pi_start) on chunks pi sampled: Schulman's k3 estimator E[(r - 1) - log r], r = pi_start / pi."""
+    with torch.no_grad():
+        log_ratio = reference.evaluate_actions(obs, out)[0] - out["log_prob"]
+    return ((log_ratio.exp() - 1) - log_ratio).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def evaluate_policy(policy: Policy, cfg: RLConfig, out_dir: Path) -> dict:
+    """Closed-loop success on held-out placements (evaluation seed 1000), the policy acting deterministically."""
+    policy_cfg = policy.cfg
+
+    def act(obs: dict) -> np.ndarray:
+        with torch.no_grad():
+            td = observations([obs], policy_cfg.cameras, policy_cfg.state_key, next(policy.parameters()).device)
+            return policy(td, deterministic=True)["action"][0].cpu().numpy()
+
+    results = evaluate(act, eval_config(policy_cfg, tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, workers=1,
+                                        max_steps=cfg.max_steps, video_dir=None))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.md").write_text(format_results(results) + "\n")
+    summary = {task: r.as_dict() for task, r in results.items()}
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+def fine_tune(cfg: RLConfig, algorithm: str, optimizer: Callable[[Policy], torch.optim.Optimizer],
+              episodes: Callable[[int], list[int]], update: Callable[..., dict]) -> dict:
+    """Evaluate, then `cfg.iterations` times: roll out one episode per env (env i from placement episodes(it)[i]),
+    `update(policy, reference, optimizer, batch, iteration, generator)` -> statistics, log, checkpoint; evaluate
+    again. `optimizer(policy)` builds the optimizer."""
+    seed_everything(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    run_dir = Path(cfg.run_dir)
+    start = resolve_checkpoint(cfg.policy)
+    policy = load_policy(start).to(device).eval()
+    reference = copy.deepcopy(policy).requires_grad_(False)  # the starting policy, for the KL to it
+    optimizer = optimizer(policy)
+    meta = dict(read_config(start), online_rl=dict(algorithm=algorithm, config=to_dict(cfg), start=str(start)))
+    iteration = resume_last(run_dir, policy, optimizer) if cfg.resume else 0
+    if iteration == 0 and cfg.eval_episodes:
+        before = evaluate_policy(policy, cfg, run_dir / "eval_before")
+        print(f"before RL: {np.mean([r['success_rate'] for r in before.values()]):.1%}")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    envs = ChunkEnvs(cfg.env_tasks(), policy.cfg.demo_image_size, policy.cfg.cameras, cfg.max_steps, cfg.workers)
+    logger = Logger(run_dir, cfg.iterations, iteration, to_dict(cfg), desc=algorithm)
+    try:
+        while iteration < cfg.iterations:
+            generator.manual_seed(cfg.seed * 1_000_003 + iteration)  # each iteration's draws depend on it alone
+            torch.manual_seed(cfg.seed * 1_000_003 + iteration)
+            batch = rollout(policy, envs, cfg, episodes(iteration), device)
+            stats = update(policy, reference, optimizer, batch, iteration, generator)
+            iteration += 1
+            logger.log(iteration, dict(success=batch["success"].mean(), episode_return=batch["returns"].mean(),
+                                       chunks=int(batch["valid"].sum()), **stats))
+            logger.advance()
+            if iteration % cfg.save_every == 0 or iteration == cfg.iterations:
+                save_checkpoint(run_dir, iteration, policy, meta, optimizer)
+    finally:
+        envs.close()
+        logger.close()
+    if not cfg.eval_episodes:
+        return {}
+    after = evaluate_policy(policy, cfg, run_dir / "eval_after")
+    print(f"after RL: {np.mean([r['success_rate'] for r in after.values()]):.1%}")
+    return after
