@@ -100,6 +100,23 @@ def feature_batch(obs: TensorDict, image_keys: Sequence[str], state_key: str | N
     return batch
 
 
+# --------------------------------------------------------------------------------------------------- Flow-SDE
+def flow_sde_step(x: torch.Tensor, velocity: torch.Tensor, tau: torch.Tensor, delta: float, noise_level: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-SDE (πRL, Chen et al. 2025, arXiv:2510.25889; RLinf's `flow_sde`): the Gaussian of one Euler–Maruyama
+    step of the SDE whose marginals equal the flow ODE's, shared by the flow policies (π0/π0.5, GR00T).
+
+    In openpi's time (x_τ = τ·ε + (1 − τ)·a, τ = 1 noise → τ = 0 action, v = ε − a), from x_τ to x_{τ−δ}:
+        μ = x_τ − δ·v − (σ_τ²·δ / 2τ)·(x_τ + (1 − τ)·v),   s = √δ·σ_τ,   σ_τ = a·√(τ / (1 − τ))
+    with 1 − τ read as δ at τ = 1 (the first step's σ is finite: s = a there). `tau` (B,) per sample; returns the
+    mean (B, H, D) and the standard deviation (B, 1, 1). A policy in another time convention maps onto this one
+    (GR00T: τ = 1 − t, v = −v_GR00T)."""
+    tau = tau[:, None, None]
+    sigma = noise_level * torch.sqrt(tau / (1 - torch.where(tau == 1, 1 - delta, tau)))
+    mean = x - delta * velocity - (sigma ** 2 * delta / (2 * tau)) * (x + (1 - tau) * velocity)
+    return mean, delta ** 0.5 * sigma
+
+
 # --------------------------------------------------------------------------------------------------- the loader
 def load_actor_critic_weights(actor_critic: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
     """Weights for an actor-critic that holds a method's imitation policy as `.policy`: all of them from an RL

@@ -33,7 +33,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, load_actor_critic_weights, register_policy
+from common.policy import feature_batch, flow_sde_step, load_actor_critic_weights, register_policy
 from common.train import rebuild_policy
 
 from pi0.config import PI0Config
@@ -78,11 +78,7 @@ class Pi0ActorCritic(nn.Module):
     def _sde_step(self, x: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (B, H, D) and standard deviation (B, 1, 1) of Flow-SDE's step k (B,) from x_k with velocity v."""
         n = self.cfg.num_inference_steps
-        delta = 1.0 / n
-        tau = (1 - k.float() / n)[:, None, None]
-        sigma = NOISE_LEVEL * torch.sqrt(tau / (1 - torch.where(tau == 1, 1 - delta, tau)))
-        mean = x - delta * v - (sigma ** 2 * delta / (2 * tau)) * (x + (1 - tau) * v)
-        return mean, delta ** 0.5 * sigma
+        return flow_sde_step(x, v, 1 - k.float() / n, 1.0 / n, NOISE_LEVEL)
 
     def _executed(self, x: torch.Tensor) -> torch.Tensor:
         """The entries the robot executes: the first K actions, the real action dimensions."""

@@ -6,6 +6,7 @@ resume, and the end-to-end run."""
 import dataclasses
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from common.train import last_checkpoint, read_metrics
 
 from bc.config import PRESETS
 from bc.train import demo_spec, train as train_bc
+from gr00t.config import PRESETS as GR00T_PRESETS
+from gr00t.train import train as train_gr00t
 from pi0.config import PRESETS as PI0_PRESETS
 from pi0.policy import NOISE_LEVEL
 from pi0.train import train as train_pi0
@@ -36,12 +39,14 @@ def runs(tmp_path_factory):
     """Smoke training runs of BC, π0 and π0.5 on the same two tasks (their demos in a private cache)."""
     root = tmp_path_factory.mktemp("runs")
     cfg = dataclasses.replace(PRESETS["smoke"], run_dir=str(root / "bc"), eval_episodes=0)
-    assert PI0_PRESETS["smoke"].tasks == cfg.tasks
+    assert PI0_PRESETS["smoke"].tasks == GR00T_PRESETS["smoke"].tasks == cfg.tasks
     with demo_cache.private_cache(root / "cache", demo_spec(cfg)):
         train_bc(cfg)
         for variant in ("pi0", "pi05"):
             train_pi0(dataclasses.replace(PI0_PRESETS["smoke"], variant=variant, run_dir=str(root / variant),
                                           eval_episodes=0, demo_image_size=32))
+        train_gr00t(dataclasses.replace(GR00T_PRESETS["smoke"], run_dir=str(root / "gr00t"), eval_episodes=0,
+                                        demo_image_size=32))
         yield root
 
 
@@ -50,7 +55,7 @@ def bc_run(runs):
     return runs / "bc"
 
 
-METHODS = ("bc", "pi0", "pi05")
+METHODS = ("bc", "pi0", "pi05", "gr00t")
 
 
 def quick(tmp_path, bc_run, **overrides) -> PPOConfig:
@@ -135,11 +140,13 @@ def test_load_policy_round_trips_bc_from_run_checkpoint_and_pointer(bc_run):
         policy = load_policy(path)
         assert isinstance(policy, Policy) and type(policy).__name__ == "BCActorCritic"
         assert torch.equal(policy.predict(obs), expected)
+    from gr00t.eval import load_policy as load_gr00t
     from pi0.eval import load_policy as load_pi0
-    for variant in ("pi0", "pi05"):
-        trained = load_pi0(bc_run.parent / variant)[0].eval()
+    for variant, load, name in (("pi0", load_pi0, "Pi0ActorCritic"), ("pi05", load_pi0, "Pi0ActorCritic"),
+                                ("gr00t", load_gr00t, "Gr00tActorCritic")):
+        trained = load(bc_run.parent / variant)[0].eval()
         policy = load_policy(bc_run.parent / variant)
-        assert type(policy).__name__ == "Pi0ActorCritic" and policy.cfg.variant == variant
+        assert type(policy).__name__ == name
         obs = obs_batch(image_size=32)
         torch.manual_seed(0)
         expected = trained.predict_chunk(feature_for(policy, obs))
@@ -203,8 +210,23 @@ def test_flow_sde_step_is_rlinfs(runs, step):
         assert std.item() == pytest.approx(NOISE_LEVEL)
 
 
-def test_flow_sde_scores_the_stored_step_and_its_entropy(runs):
-    policy = load_policy(runs / "pi0")
+@pytest.mark.parametrize("method", ["pi0", "gr00t"])
+def test_flow_sde_without_noise_is_the_samplers_euler_step(runs, method, monkeypatch):
+    """a = 0 leaves the ODE's step: π0 x − v/n (openpi time), GR00T x + v/n (its own time, mapped by τ = 1 − t and
+    v → −v). This checks each policy's mapping onto `flow_sde_step`."""
+    policy = load_policy(runs / method)
+    monkeypatch.setattr(sys.modules[type(policy).__module__], "NOISE_LEVEL", 0.0)
+    n = policy.cfg.num_inference_steps
+    x, v = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(0)).chunk(2)
+    for k in range(n):
+        mean, std = policy._sde_step(x, v, torch.tensor([k]))
+        torch.testing.assert_close(mean, x + (v if method == "gr00t" else -v) / n)
+        assert std.item() == 0
+
+
+@pytest.mark.parametrize("method", ["pi0", "gr00t"])
+def test_flow_sde_scores_the_stored_step_and_its_entropy(runs, method):
+    policy = load_policy(runs / method)
     obs = obs_batch(image_size=32)
     with torch.no_grad():
         out = policy(obs)
@@ -222,12 +244,14 @@ def test_flow_sde_scores_the_stored_step_and_its_entropy(runs):
     assert torch.equal(policy.evaluate_actions(obs, outside)[0], log_prob)
 
 
-def test_pi0_rl_trains_the_expert_not_the_vlm(runs):
-    policy = load_policy(runs / "pi0")
-    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
-    assert any(n.startswith("value_head.") for n in trainable)
-    assert any(n.startswith("policy.model.expert_layers.") for n in trainable)
-    assert not any(n.startswith(("policy.model.vlm_layers.", "policy.model.vision_tower.")) for n in trainable)
+def test_flow_policies_train_the_action_model_not_the_vlm(runs):
+    for method, trained, frozen in (("pi0", "policy.model.expert_layers.", ("policy.model.vlm_layers.",
+                                                                            "policy.model.vision_tower.")),
+                                    ("gr00t", "policy.model.action_head.model.", ("policy.model.backbone.",))):
+        trainable = {n for n, p in load_policy(runs / method).named_parameters() if p.requires_grad}
+        assert any(n.startswith("value_head.") for n in trainable)
+        assert any(n.startswith(trained) for n in trainable)
+        assert not any(n.startswith(frozen) for n in trainable)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -335,7 +359,7 @@ def test_grpo_end_to_end(runs, tmp_path):
     assert meta["online_rl"]["algorithm"] == "grpo" and type(policy).__name__ == "BCActorCritic"
 
 
-@pytest.mark.parametrize("method", ["bc", "pi0"])
+@pytest.mark.parametrize("method", ["bc", "pi0", "gr00t"])
 def test_ppo_end_to_end_with_evaluation(runs, tmp_path, method):
     cfg = quick(tmp_path, runs / method, iterations=2, eval_episodes=1, workers=2, reward="dense")
     after = ppo.train(cfg)
