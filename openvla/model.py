@@ -295,17 +295,24 @@ class OpenVLA(nn.Module):
     def forward(self, pixel_values: Tensor, prompt_ids: Tensor, prompt_valid: Tensor, action_tokens: Tensor) -> Tensor:
         """OpenVLA's training pass (teacher forcing): the logits (B, A, vocab) that predict each action token from
         the tokens before it; the cross-entropy over them is the loss (OpenVLA Sec. 3.2)."""
+        return self.lm_head(self.token_states(pixel_values, prompt_ids, prompt_valid, action_tokens))
+
+    def token_states(self, pixel_values: Tensor, prompt_ids: Tensor, prompt_valid: Tensor,
+                     action_tokens: Tensor) -> Tensor:
+        """The final hidden states (B, A, width) at the positions that predict each action token."""
         x, valid = self.prefix(pixel_values, prompt_ids, prompt_valid)
         x = torch.cat([x, self.embed_tokens(action_tokens)], dim=1)
         valid = torch.cat([valid, valid.new_ones(action_tokens.shape)], dim=1)
         a = action_tokens.shape[1]
-        hidden = self.decoder(x, valid, causal=True)
-        return self.lm_head(hidden[:, -a - 1:-1])  # position i predicts token i + 1
+        return self.decoder(x, valid, causal=True)[:, -a - 1:-1]  # position i predicts token i + 1
 
     @torch.no_grad()
-    def predict_action_tokens(self, pixel_values: Tensor, prompt_ids: Tensor, prompt_valid: Tensor) -> Tensor:
+    def predict_action_tokens(self, pixel_values: Tensor, prompt_ids: Tensor, prompt_valid: Tensor,
+                              choose=None) -> Tensor:
         """Greedy decoding of `action_dim` tokens with a key/value cache (OpenVLA's `predict_action` calls
-        `generate(max_new_tokens=action_dim)`): the prefix once, then one token per step. (B, A) token ids."""
+        `generate(max_new_tokens=action_dim)`): the prefix once, then one token per step. (B, A) token ids.
+        `choose(logits (B, 1, vocab)) -> (B, 1) ids` replaces the argmax (sampling, for RL)."""
+        choose = choose or (lambda logits: logits.argmax(-1))
         x, valid = self.prefix(pixel_values, prompt_ids, prompt_valid)
         rope = self.rope(x, torch.cumsum(valid.long(), dim=1) - 1)
         mask = block_attention_mask(valid, torch.ones_like(valid, dtype=torch.long))
@@ -314,7 +321,7 @@ class OpenVLA(nn.Module):
             x, kv = layer(x, rope, mask)
             cache.append(kv)
         position = valid.sum(1, keepdim=True) - 1
-        tokens = [self.lm_head(self.norm(x[:, -1:])).argmax(-1)]
+        tokens = [choose(self.lm_head(self.norm(x[:, -1:])))]
         for _ in range(self.action_dim - 1):
             position = position + 1
             valid = torch.cat([valid, valid.new_ones(valid.shape[0], 1)], dim=1)
@@ -323,7 +330,7 @@ class OpenVLA(nn.Module):
             rope = self.rope(x, position)
             for i, layer in enumerate(self.layers):
                 x, cache[i] = layer(x, rope, mask, past_kv=cache[i])
-            tokens.append(self.lm_head(self.norm(x)).argmax(-1))
+            tokens.append(choose(self.lm_head(self.norm(x))))
         return torch.cat(tokens, dim=1)
 
     # ---------------------------------------------------------------------------------------- OFT: parallel chunk
@@ -333,14 +340,18 @@ class OpenVLA(nn.Module):
         prompt; one pass with bidirectional attention over the whole sequence (the official Llama attention is
         patched non-causal); the final hidden states one position before each action slot, grouped per action,
         go through the L1 regression head. (B, K, A) normalised actions; also the training forward pass."""
+        return self.action_head(self.chunk_states(pixel_values, prompt_ids, prompt_valid, state))
+
+    def chunk_states(self, pixel_values: Tensor, prompt_ids: Tensor, prompt_valid: Tensor,
+                     state: Tensor | None = None) -> Tensor:
+        """OFT: the final hidden states (B, K·A, width) one position before each action slot."""
         b, n = prompt_ids.shape[0], self.cfg.horizon * self.action_dim
         slots = self.embed_tokens.weight.new_zeros(b, n, self.cfg.llm.width)
         stop = self.embed_tokens(prompt_ids.new_full((b, 1), self.eos_id))
         x, valid = self.prefix(pixel_values, prompt_ids, prompt_valid, state, suffix=stop)
         x = torch.cat([x, slots, stop], dim=1)
         valid = torch.cat([valid, valid.new_ones(b, n + 1)], dim=1)
-        hidden = self.decoder(x, valid, causal=False)
-        return self.action_head(hidden[:, -n - 2:-2])
+        return self.decoder(x, valid, causal=False)[:, -n - 2:-2]
 
 
 # ------------------------------------------------------------------------------------- the official checkpoint layout

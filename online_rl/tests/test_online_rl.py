@@ -22,6 +22,8 @@ from bc.config import PRESETS
 from bc.train import demo_spec, train as train_bc
 from gr00t.config import PRESETS as GR00T_PRESETS
 from gr00t.train import train as train_gr00t
+from openvla.config import PRESETS as OPENVLA_PRESETS
+from openvla.train import train as train_openvla
 from pi0.config import PRESETS as PI0_PRESETS
 from pi0.policy import NOISE_LEVEL
 from pi0.train import train as train_pi0
@@ -39,7 +41,7 @@ def runs(tmp_path_factory):
     """Smoke training runs of BC, π0 and π0.5 on the same two tasks (their demos in a private cache)."""
     root = tmp_path_factory.mktemp("runs")
     cfg = dataclasses.replace(PRESETS["smoke"], run_dir=str(root / "bc"), eval_episodes=0)
-    assert PI0_PRESETS["smoke"].tasks == GR00T_PRESETS["smoke"].tasks == cfg.tasks
+    assert PI0_PRESETS["smoke"].tasks == GR00T_PRESETS["smoke"].tasks == OPENVLA_PRESETS["smoke"].tasks == cfg.tasks
     with demo_cache.private_cache(root / "cache", demo_spec(cfg)):
         train_bc(cfg)
         for variant in ("pi0", "pi05"):
@@ -47,6 +49,9 @@ def runs(tmp_path_factory):
                                           eval_episodes=0, demo_image_size=32))
         train_gr00t(dataclasses.replace(GR00T_PRESETS["smoke"], run_dir=str(root / "gr00t"), eval_episodes=0,
                                         demo_image_size=32))
+        for variant in ("openvla", "oft"):
+            train_openvla(dataclasses.replace(OPENVLA_PRESETS["smoke"], variant=variant, run_dir=str(root / variant),
+                                              eval_episodes=0))
         yield root
 
 
@@ -55,7 +60,7 @@ def bc_run(runs):
     return runs / "bc"
 
 
-METHODS = ("bc", "pi0", "pi05", "gr00t")
+METHODS = ("bc", "pi0", "pi05", "gr00t", "openvla", "oft")
 
 
 def quick(tmp_path, bc_run, **overrides) -> PPOConfig:
@@ -141,9 +146,12 @@ def test_load_policy_round_trips_bc_from_run_checkpoint_and_pointer(bc_run):
         assert isinstance(policy, Policy) and type(policy).__name__ == "BCActorCritic"
         assert torch.equal(policy.predict(obs), expected)
     from gr00t.eval import load_policy as load_gr00t
+    from openvla.eval import load_policy as load_openvla
     from pi0.eval import load_policy as load_pi0
     for variant, load, name in (("pi0", load_pi0, "Pi0ActorCritic"), ("pi05", load_pi0, "Pi0ActorCritic"),
-                                ("gr00t", load_gr00t, "Gr00tActorCritic")):
+                                ("gr00t", load_gr00t, "Gr00tActorCritic"), ("openvla", load_openvla,
+                                                                            "OpenVLAActorCritic"),
+                                ("oft", load_openvla, "OFTActorCritic")):
         trained = load(bc_run.parent / variant)[0].eval()
         policy = load_policy(bc_run.parent / variant)
         assert type(policy).__name__ == name
@@ -186,6 +194,22 @@ def test_bc_log_prob_and_entropy_are_the_gaussians(bc_run):
         mean = policy.policy(feature_for(policy, obs))[:, :policy.cfg.n_action_steps]
     torch.testing.assert_close(entropy, torch.distributions.Normal(0, sigma).entropy().sum().expand(3))
     torch.testing.assert_close(log_prob, torch.distributions.Normal(mean, sigma).log_prob(out["sample"]).sum((1, 2)))
+
+
+def test_openvla_samples_action_bins_and_scores_them_in_closed_form(runs):
+    policy = load_policy(runs / "openvla")
+    obs = obs_batch(image_size=32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = policy(obs)
+        log_prob, entropy = policy.evaluate_actions(obs, out)
+        tokens = out["tokens"]
+        assert tokens.shape == (3, 4) and ((tokens >= policy.bins.start) & (tokens < policy.bins.stop)).all()
+        logits = policy.policy.model(*policy._inputs(obs), tokens)[..., policy.bins]  # teacher forcing
+    p = logits.softmax(-1)
+    torch.testing.assert_close(entropy, -(p * p.log()).sum((-1, -2)))
+    torch.testing.assert_close(log_prob, p.gather(-1, (tokens - policy.bins.start)[..., None]).log().sum((1, 2)))
+    assert (entropy <= 4 * math.log(256) + 1e-4).all()
 
 
 def feature_for(policy, obs):
@@ -283,6 +307,7 @@ def test_one_update_raises_the_probability_of_a_positively_advantaged_chunk(runs
     losses = ppo_losses(log_prob, out["log_prob"], torch.tensor([1.0, -1.0]), policy.get_value(obs)[:, 0],
                         out["value"][:, 0], torch.zeros(2), clip=0.2, value_clip=0.2)
     losses["policy"].backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)  # as the PPO update does: a small step
     optimizer.step()
     with torch.no_grad():
         after, _ = policy.evaluate_actions(obs, out)
