@@ -1,20 +1,38 @@
 """Online RL fine-tuning of an imitation policy on Meta-World: PPO (ppo.py) or GRPO (grpo.py), the equations in
 their files, the shared loop in loop.py.
 
-    python train.py                                           # PPO on the default π0 run (../pi0/runs/pi0)
+    python train.py                                           # PPO on the default π0 run (trains it first if absent)
     python train.py ppo --policy ../bc/runs/bc --reward dense # any method's checkpoint, run dir or `last` pointer
-    python train.py grpo --policy RUN --group_size 4          # GRPO: groups of 4 episodes per placement
+    python train.py grpo --policy ../openvla/runs/oft         # GRPO: groups of 4 episodes per placement
     python train.py ppo --policy RUN --resume                 # continue run_dir's last checkpoint exactly
 """
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Annotated, Union
 
 import tyro
 
 from online_rl import grpo, ppo
+from online_rl.loop import RLConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def ensure_default_policy(cfg: RLConfig) -> None:
+    """The default `--policy` is π0's default run; if it is absent, train it first (`cd pi0 && python train.py`,
+    by name, as a user would: this folder imports no method)."""
+    default = RLConfig.policy
+    if cfg.policy != default or (HERE / default / "checkpoints" / "last").exists():
+        return
+    print(f"no checkpoint at {default}: training the default π0 run first (cd pi0 && python train.py)", flush=True)
+    subprocess.run([sys.executable, "train.py"], cwd=HERE.parent / "pi0", check=True)
+
 
 if __name__ == "__main__":
     cfg = tyro.cli(Union[Annotated[ppo.PPOConfig, tyro.conf.subcommand("ppo")],
                          Annotated[grpo.GRPOConfig, tyro.conf.subcommand("grpo")]],
                    default=ppo.PPOConfig(), description=__doc__)
+    ensure_default_policy(cfg)
     (ppo if isinstance(cfg, ppo.PPOConfig) else grpo).train(cfg)

@@ -424,3 +424,18 @@ def test_rollout_masks_ended_episodes_and_bootstraps_truncated_ones(bc_run, tmp_
         finally:
             env.close()
         torch.testing.assert_close(batch["next_values"][1, i], policy.get_value(final)[0, 0])
+
+
+def test_no_arguments_trains_the_default_pi0_run_first_when_absent(tmp_path, monkeypatch):
+    from online_rl import train as entry
+    calls = []
+    monkeypatch.setattr(entry.subprocess, "run", lambda command, cwd, check: calls.append((command[1:], cwd)))
+    (tmp_path / "online_rl").mkdir()
+    monkeypatch.setattr(entry, "HERE", tmp_path / "online_rl")
+    entry.ensure_default_policy(ppo.PPOConfig())
+    assert calls == [(["train.py"], tmp_path / "pi0")]  # `cd pi0 && python train.py`
+    (tmp_path / "pi0" / "runs" / "pi0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "pi0" / "runs" / "pi0" / "checkpoints" / "last").write_text("00003000")
+    entry.ensure_default_policy(ppo.PPOConfig())
+    entry.ensure_default_policy(ppo.PPOConfig(policy="elsewhere"))
+    assert len(calls) == 1  # present, or another policy asked for: nothing is trained
