@@ -38,8 +38,8 @@ class BCActorCritic(nn.Module):
         super().__init__()
         self.policy, self.cfg = policy, policy.cfg
         self.log_std = nn.Parameter(torch.full((policy.action_dim,), INIT_LOG_STD))
-        feature_dim = policy.head[0].in_features
-        self.value_head = nn.Sequential(nn.Linear(feature_dim, value_hidden), nn.ReLU(),
+        self.feature_dim = policy.head[0].in_features  # of `distribution`'s features (SAC's critics read them)
+        self.value_head = nn.Sequential(nn.Linear(self.feature_dim, value_hidden), nn.ReLU(),
                                         nn.Linear(value_hidden, value_hidden), nn.ReLU(), nn.Linear(value_hidden, 1))
         self.policy.eval()
 
@@ -48,16 +48,13 @@ class BCActorCritic(nn.Module):
         self.policy.eval()  # no augmentation in RL (see the module docstring)
         return self
 
-    def _features(self, obs: TensorDict) -> torch.Tensor:
-        return self.policy.features(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
-
-    def _mean(self, features: torch.Tensor) -> torch.Tensor:
-        """The head's executed actions, normalised: (B, K, A)."""
+    def distribution(self, obs: TensorDict) -> tuple[torch.distributions.Normal, torch.Tensor]:
+        """The Gaussian over the executed chunk (B, K, A), normalised units, and the features it was computed from
+        (B, F), detached: what the value head and SAC's Q networks read."""
+        features = self.policy.features(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
         chunk = self.policy.head(features).view(-1, self.cfg.horizon, self.policy.action_dim)
-        return chunk[:, : self.cfg.n_action_steps]
-
-    def _log_prob(self, mean: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        return torch.distributions.Normal(mean, self.log_std.exp()).log_prob(sample).sum((1, 2))
+        mean = chunk[:, : self.cfg.n_action_steps]
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), features.detach()
 
     # ----------------------------------------------------------------------------------------------- the contract
     @torch.no_grad()
@@ -66,21 +63,18 @@ class BCActorCritic(nn.Module):
         return self.policy.predict_chunk(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
 
     def forward(self, obs: TensorDict, deterministic: bool = False) -> TensorDict:
-        features = self._features(obs)
-        mean = self._mean(features)
-        sample = mean if deterministic else mean + self.log_std.exp() * torch.randn_like(mean)
+        gaussian, features = self.distribution(obs)
+        sample = gaussian.mean if deterministic else gaussian.sample()
         return TensorDict(action=self.policy.normalizer.unnormalize("action", sample), sample=sample,
-                          log_prob=self._log_prob(mean, sample), value=self.value_head(features.detach()),
-                          batch_size=[len(mean)])
+                          log_prob=gaussian.log_prob(sample).sum((1, 2)), value=self.value_head(features),
+                          batch_size=[len(sample)])
 
     def get_value(self, obs: TensorDict) -> torch.Tensor:
-        return self.value_head(self._features(obs).detach())
+        return self.value_head(self.distribution(obs)[1])
 
     def evaluate_actions(self, obs: TensorDict, rollout: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self._mean(self._features(obs))
-        per_dim = 0.5 * math.log(2 * math.pi * math.e) + self.log_std  # entropy of one Gaussian dimension
-        entropy = (self.cfg.n_action_steps * per_dim.sum()).expand(len(mean))
-        return self._log_prob(mean, rollout["sample"]), entropy
+        gaussian, _ = self.distribution(obs)
+        return gaussian.log_prob(rollout["sample"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
 
 
 @register_policy("bc")

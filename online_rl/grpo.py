@@ -78,8 +78,8 @@ def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: to
         return dict(policy=loss, approx_kl=((ratio - 1) - log_ratio).mean(), clip_fraction=clipped.float().mean())
 
 
-def update(cfg: GRPOConfig, policy: Policy, reference: Policy, optimizer: torch.optim.Optimizer, batch: dict,
-           iteration: int, generator: torch.Generator) -> dict[str, float]:
+def update(cfg: GRPOConfig, policy: Policy, reference: Policy, optimizer: torch.optim.Optimizer, state: None,
+           batch: dict, iteration: int, generator: torch.Generator) -> dict[str, float]:
     """`update_epochs` passes of minibatch GRPO over the chunks of the groups with signal."""
     outcomes = torch.as_tensor(batch["success"], dtype=torch.float32)
     advantages, keep = grpo_advantages(outcomes, groups(cfg))
@@ -116,4 +116,5 @@ def make_optimizer(policy: torch.nn.Module, cfg: GRPOConfig) -> torch.optim.Opti
 
 
 def train(cfg: GRPOConfig) -> dict:
-    return fine_tune(cfg, "grpo", partial(make_optimizer, cfg=cfg), partial(placements, cfg), partial(update, cfg))
+    return fine_tune(cfg, "grpo", lambda policy: (make_optimizer(policy, cfg), None), partial(placements, cfg),
+                     partial(update, cfg))

@@ -15,7 +15,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ import torch
 from common.config import to_dict
 from common.envs.metaworld import eval_config, evaluate, format_results
 from common.policy import Policy, load_policy, observations
-from common.train import Logger, read_config, resolve_checkpoint, resume_last, save_checkpoint, seed_everything
+from common.train import (Logger, last_checkpoint, read_config, resolve_checkpoint, resume_last, save_checkpoint,
+                          seed_everything)
 
 from online_rl.envs import ChunkEnvs
 
@@ -93,7 +94,7 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
             next_value[torch.as_tensor(cut)] = policy.get_value(final)[:, 0]
         steps.append(dict(obs=obs, out=out.clone(), reward=torch.as_tensor(np.where(active, reward, 0.0)),
                           valid=torch.as_tensor(active.copy()), goes_on=torch.as_tensor(active & ~result.done),
-                          next_value=next_value))
+                          terminal=torch.as_tensor(active & result.success), next_value=next_value))
         returns += np.where(active, reward, 0.0)
         success |= result.success & active
         current = [o if o is not None else c for o, c in zip(result.obs, current)]
@@ -103,9 +104,24 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
     goes_on = stacked["goes_on"].to(device)
     next_values = stacked["next_value"]
     next_values[:-1] = torch.where(goes_on[:-1], values[1:], next_values[:-1])  # V(s_{t+1}) where it goes on
+    # where each chunk led (SAC's o'): the next chunk's observation, or the episode's last one (obs[t + 1] holds it
+    # for an env that ended at t; `current` after the final chunk)
+    next_obs = torch.stack([s["obs"] for s in steps[1:]] + [observations(current, cameras, state_key, device)])
     return dict(obs=stacked["obs"], out=stacked["out"], rewards=stacked["reward"].float().to(device), values=values,
-                next_values=next_values, goes_on=goes_on, valid=stacked["valid"].to(device), success=success,
-                returns=returns)
+                next_values=next_values, goes_on=goes_on, terminal=stacked["terminal"].to(device),
+                valid=stacked["valid"].to(device), next_obs=next_obs, success=success, returns=returns)
+
+
+def own_placements(cfg: RLConfig, iteration: int) -> list[int]:
+    """Every env a placement of its own, new each iteration: env i (task i % T) plays episode it * E + i // T."""
+    return [iteration * cfg.envs_per_task + i // len(cfg.tasks) for i in range(len(cfg.env_tasks()))]
+
+
+def checkpoint_directory(run_dir: str | Path, step: int) -> Path:
+    """Where `save_checkpoint(run_dir, step, ...)` writes (created here for files saved beside it)."""
+    directory = Path(run_dir) / "checkpoints" / f"{step:08d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def kl_to_start(reference: Policy, obs, out) -> float:
@@ -136,11 +152,13 @@ def evaluate_policy(policy: Policy, cfg: RLConfig, out_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
-def fine_tune(cfg: RLConfig, algorithm: str, optimizer: Callable[[Policy], torch.optim.Optimizer],
+def fine_tune(cfg: RLConfig, algorithm: str, setup: Callable[[Policy], tuple[torch.optim.Optimizer, Any]],
               episodes: Callable[[int], list[int]], update: Callable[..., dict]) -> dict:
     """Evaluate, then `cfg.iterations` times: roll out one episode per env (env i from placement episodes(it)[i]),
-    `update(policy, reference, optimizer, batch, iteration, generator)` -> statistics, log, checkpoint; evaluate
-    again. `optimizer(policy)` builds the optimizer."""
+    `update(policy, reference, optimizer, state, batch, iteration, generator)` -> statistics, log, checkpoint;
+    evaluate again. `setup(policy)` gives the optimizer and the algorithm's own state (None, or an object with
+    `save(directory)` / `load(directory)`: SAC's critics and replay), saved in each checkpoint and restored on
+    resume."""
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -149,9 +167,11 @@ def fine_tune(cfg: RLConfig, algorithm: str, optimizer: Callable[[Policy], torch
     start = resolve_checkpoint(cfg.policy)
     policy = load_policy(start).to(device).eval()
     reference = copy.deepcopy(policy).requires_grad_(False)  # the starting policy, for the KL to it
-    optimizer = optimizer(policy)
+    optimizer, state = setup(policy)
     meta = dict(read_config(start), online_rl=dict(algorithm=algorithm, config=to_dict(cfg), start=str(start)))
     iteration = resume_last(run_dir, policy, optimizer) if cfg.resume else 0
+    if iteration and state is not None:
+        state.load(last_checkpoint(run_dir))
     if iteration == 0 and cfg.eval_episodes:
         before = evaluate_policy(policy, cfg, run_dir / "eval_before")
         print(f"before RL: {np.mean([r['success_rate'] for r in before.values()]):.1%}")
@@ -163,12 +183,14 @@ def fine_tune(cfg: RLConfig, algorithm: str, optimizer: Callable[[Policy], torch
             generator.manual_seed(cfg.seed * 1_000_003 + iteration)  # each iteration's draws depend on it alone
             torch.manual_seed(cfg.seed * 1_000_003 + iteration)
             batch = rollout(policy, envs, cfg, episodes(iteration), device)
-            stats = update(policy, reference, optimizer, batch, iteration, generator)
+            stats = update(policy, reference, optimizer, state, batch, iteration, generator)
             iteration += 1
             logger.log(iteration, dict(success=batch["success"].mean(), episode_return=batch["returns"].mean(),
                                        chunks=int(batch["valid"].sum()), **stats))
             logger.advance()
             if iteration % cfg.save_every == 0 or iteration == cfg.iterations:
+                if state is not None:  # first, so the `last` pointer never names a checkpoint without it
+                    state.save(checkpoint_directory(run_dir, iteration))
                 save_checkpoint(run_dir, iteration, policy, meta, optimizer)
     finally:
         envs.close()

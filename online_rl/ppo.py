@@ -36,7 +36,7 @@ import torch
 
 from common.policy import Policy
 
-from online_rl.loop import RLConfig, fine_tune, kl_to_start
+from online_rl.loop import RLConfig, fine_tune, kl_to_start, own_placements
 
 
 @dataclass
@@ -91,8 +91,8 @@ def make_optimizer(policy: torch.nn.Module, cfg: PPOConfig) -> torch.optim.Optim
                              betas=(0.9, 0.95), weight_decay=0.0)
 
 
-def update(cfg: PPOConfig, policy: Policy, reference: Policy, optimizer: torch.optim.Optimizer, batch: dict,
-           iteration: int, generator: torch.Generator) -> dict[str, float]:
+def update(cfg: PPOConfig, policy: Policy, reference: Policy, optimizer: torch.optim.Optimizer, state: None,
+           batch: dict, iteration: int, generator: torch.Generator) -> dict[str, float]:
     """`update_epochs` passes of minibatch PPO over the valid chunks of one iteration."""
     valid = batch["valid"].flatten().nonzero()[:, 0]
     obs, out = batch["obs"].reshape(-1)[valid], batch["out"].reshape(-1)[valid]
@@ -124,10 +124,6 @@ def update(cfg: PPOConfig, policy: Policy, reference: Policy, optimizer: torch.o
     return dict({k: float(np.mean(v)) for k, v in stats.items()}, kl_start=kl_start)
 
 
-def placements(cfg: PPOConfig, iteration: int) -> list[int]:
-    """Every env a placement of its own, new each iteration: env i (task i % T) plays episode it * E + i // T."""
-    return [iteration * cfg.envs_per_task + i // len(cfg.tasks) for i in range(len(cfg.env_tasks()))]
-
-
 def train(cfg: PPOConfig) -> dict:
-    return fine_tune(cfg, "ppo", partial(make_optimizer, cfg=cfg), partial(placements, cfg), partial(update, cfg))
+    return fine_tune(cfg, "ppo", lambda policy: (make_optimizer(policy, cfg), None), partial(own_placements, cfg),
+                     partial(update, cfg))

@@ -1,9 +1,10 @@
-"""Online RL fine-tuning of an imitation policy on Meta-World: PPO (ppo.py) or GRPO (grpo.py), the equations in
-their files, the shared loop in loop.py.
+"""Online RL fine-tuning of an imitation policy on Meta-World: PPO (ppo.py), GRPO (grpo.py) or SAC (sac.py, for
+the Gaussian-head policies), the equations in their files, the shared loop in loop.py.
 
     python train.py                                           # PPO on the default π0 run (trains it first if absent)
     python train.py ppo --policy ../bc/runs/bc --reward dense # any method's checkpoint, run dir or `last` pointer
     python train.py grpo --policy ../openvla/runs/oft         # GRPO: groups of 4 episodes per placement
+    python train.py sac --policy ../bc/runs/bc                # SAC: twin critics, replay, learned temperature
     python train.py ppo --policy RUN --resume                 # continue run_dir's last checkpoint exactly
 """
 
@@ -14,7 +15,7 @@ from typing import Annotated, Union
 
 import tyro
 
-from online_rl import grpo, ppo
+from online_rl import grpo, ppo, sac
 from online_rl.loop import RLConfig
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +33,8 @@ def ensure_default_policy(cfg: RLConfig) -> None:
 
 if __name__ == "__main__":
     cfg = tyro.cli(Union[Annotated[ppo.PPOConfig, tyro.conf.subcommand("ppo")],
-                         Annotated[grpo.GRPOConfig, tyro.conf.subcommand("grpo")]],
+                         Annotated[grpo.GRPOConfig, tyro.conf.subcommand("grpo")],
+                         Annotated[sac.SACConfig, tyro.conf.subcommand("sac")]],
                    default=ppo.PPOConfig(), description=__doc__)
     ensure_default_policy(cfg)
-    (ppo if isinstance(cfg, ppo.PPOConfig) else grpo).train(cfg)
+    {ppo.PPOConfig: ppo, grpo.GRPOConfig: grpo, sac.SACConfig: sac}[type(cfg)].train(cfg)

@@ -100,7 +100,8 @@ class OFTActorCritic(nn.Module):
         super().__init__()
         self.policy, self.cfg = policy, policy.cfg
         self.log_std = nn.Parameter(torch.full((policy.action_dim,), INIT_LOG_STD))
-        self.value_head = value_mlp(policy.cfg.llm.width)
+        self.feature_dim = policy.cfg.llm.width  # of `distribution`'s features (SAC's critics read them)
+        self.value_head = value_mlp(self.feature_dim)
         self.policy.eval()
 
     def train(self, mode: bool = True) -> "OFTActorCritic":
@@ -108,31 +109,31 @@ class OFTActorCritic(nn.Module):
         self.policy.eval()
         return self
 
-    def _mean_and_value(self, obs: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The executed actions' means (B, K, A) and V(o) (B, 1) from one pass."""
+    def distribution(self, obs: TensorDict) -> tuple[torch.distributions.Normal, torch.Tensor]:
+        """The Gaussian over the executed chunk (B, K, A) and the features it was computed from (B, width), detached
+        (the mean of the chunk slots' final hidden states): what the value head and SAC's Q networks read."""
         model = self.policy.model
         states = model.chunk_states(*self.policy.inputs(feature_batch(obs, self.policy.image_keys,
                                                                       self.cfg.state_key)))
         mean = model.action_head(states)[:, : self.cfg.n_action_steps]
-        return mean, self.value_head(states.mean(1).detach())
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), states.mean(1).detach()
 
     @torch.no_grad()
     def predict(self, obs: TensorDict) -> torch.Tensor:
         return self.policy.predict_chunk(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
 
     def forward(self, obs: TensorDict, deterministic: bool = False) -> TensorDict:
-        mean, value = self._mean_and_value(obs)
-        sample = mean if deterministic else mean + self.log_std.exp() * torch.randn_like(mean)
-        log_prob = torch.distributions.Normal(mean, self.log_std.exp()).log_prob(sample).sum((1, 2))
+        gaussian, features = self.distribution(obs)
+        sample = gaussian.mean if deterministic else gaussian.sample()
         return TensorDict(action=self.policy.normalizer.unnormalize("action", sample), sample=sample,
-                          log_prob=log_prob, value=value, batch_size=[len(mean)])
+                          log_prob=gaussian.log_prob(sample).sum((1, 2)), value=self.value_head(features),
+                          batch_size=[len(sample)])
 
     def get_value(self, obs: TensorDict) -> torch.Tensor:
-        return self._mean_and_value(obs)[1]
+        return self.value_head(self.distribution(obs)[1])
 
     def evaluate_actions(self, obs: TensorDict, rollout: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, _ = self._mean_and_value(obs)
-        gaussian = torch.distributions.Normal(mean, self.log_std.exp())
+        gaussian, _ = self.distribution(obs)
         return gaussian.log_prob(rollout["sample"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
 
 

@@ -28,7 +28,7 @@ from pi0.config import PRESETS as PI0_PRESETS
 from pi0.policy import NOISE_LEVEL
 from pi0.train import train as train_pi0
 
-from online_rl import grpo, loop, ppo
+from online_rl import grpo, loop, ppo, sac
 from online_rl.envs import ChunkEnvs
 from online_rl.ppo import PPOConfig, gae, ppo_losses
 
@@ -188,12 +188,14 @@ def test_bc_log_prob_and_entropy_are_the_gaussians(bc_run):
     policy = load_policy(bc_run)
     obs = obs_batch()
     with torch.no_grad():
+        policy.log_std.copy_(torch.tensor([-1.0, -2.0, 0.5, 0.0]))
         out = policy(obs)
         log_prob, entropy = policy.evaluate_actions(obs, out)
-        sigma = policy.log_std.exp().expand(policy.cfg.n_action_steps, -1)
         mean = policy.policy(feature_for(policy, obs))[:, :policy.cfg.n_action_steps]
-    torch.testing.assert_close(entropy, torch.distributions.Normal(0, sigma).entropy().sum().expand(3))
-    torch.testing.assert_close(log_prob, torch.distributions.Normal(mean, sigma).log_prob(out["sample"]).sum((1, 2)))
+    k, var = policy.cfg.n_action_steps, policy.log_std.exp() ** 2
+    torch.testing.assert_close(entropy, (k * 0.5 * torch.log(2 * math.pi * math.e * var).sum()).expand(3))
+    manual = -0.5 * ((out["sample"] - mean) ** 2 / var + torch.log(2 * math.pi * var))
+    torch.testing.assert_close(log_prob, manual.sum((1, 2)))
 
 
 def test_openvla_samples_action_bins_and_scores_them_in_closed_form(runs):
@@ -365,7 +367,7 @@ def test_grpo_update_learns_from_a_group_with_signal(bc_run):
         envs.close()
     batch["success"] = np.array([True, False])  # as if episode 0 of the group had succeeded
     obs, out = batch["obs"].reshape(-1), batch["out"].reshape(-1)
-    stats = grpo.update(cfg, policy, policy, grpo.make_optimizer(policy, cfg), batch, 0, torch.Generator())
+    stats = grpo.update(cfg, policy, policy, grpo.make_optimizer(policy, cfg), None, batch, 0, torch.Generator())
     assert stats["groups_kept"] == 1 and stats["chunks_used"] == int(batch["valid"].sum()) == 4
     with torch.no_grad():
         change = policy.evaluate_actions(obs, out)[0] - out["log_prob"]
@@ -439,3 +441,57 @@ def test_no_arguments_trains_the_default_pi0_run_first_when_absent(tmp_path, mon
     entry.ensure_default_policy(ppo.PPOConfig())
     entry.ensure_default_policy(ppo.PPOConfig(policy="elsewhere"))
     assert len(calls) == 1  # present, or another policy asked for: nothing is trained
+
+
+def sac_config(tmp_path, run, **overrides) -> sac.SACConfig:
+    shared = {f.name for f in dataclasses.fields(loop.RLConfig)}
+    settings = {k: v for k, v in dataclasses.asdict(quick(tmp_path, run)).items() if k in shared}
+    return sac.SACConfig(**dict(settings, updates=3, minibatch_size=8, critic_warmup=1, **overrides))
+
+
+def test_sac_runs_and_resumes_exactly(runs, tmp_path, monkeypatch):
+    resume.assert_resume_is_exact(sac, sac_config(tmp_path / "a", runs / "bc"), sac_config(tmp_path / "b", runs / "bc"),
+                                  monkeypatch, steps="iterations", metric="q_loss", saver=loop)
+    metrics = read_metrics(tmp_path / "a" / "ppo")
+    assert "actor_loss" not in metrics[0] and "actor_loss" in metrics[1]  # critic warm-up first
+    assert metrics[-1]["buffer"] == sum(m["chunks"] for m in metrics)
+    assert (last_checkpoint(tmp_path / "a" / "ppo") / "sac_state.pt").exists()
+    assert type(load_policy(tmp_path / "a" / "ppo")).__name__ == "BCActorCritic"
+
+
+def test_sac_state_replay_and_refusal(runs, tmp_path):
+    cfg = sac_config(tmp_path, runs / "oft", buffer_size=5)
+    policy = load_policy(runs / "oft")
+    _, state = sac.setup(cfg, policy)
+    obs = obs_batch(3, image_size=32)
+    for step in range(3):  # 9 chunks into a buffer of 5: the newest 5 stay
+        state.add(obs, obs, torch.full((3, policy.cfg.n_action_steps, 4), float(step)), torch.zeros(3), torch.zeros(3))
+    assert state.buffer["sample"][:, 0, 0].tolist() == [1, 1, 2, 2, 2] and len(state.buffer["language"]) == 5
+    o, o2, rest = state.draw(4, torch.Generator().manual_seed(0), "cpu")
+    assert o["rgb"].shape == (4, 1, 32, 32, 3) and len(list(o2["language"])) == 4
+    state.save(tmp_path)
+    _, fresh = sac.setup(cfg, policy)
+    fresh.load(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), state.state_dict().values()))
+    assert torch.equal(fresh.buffer["sample"], state.buffer["sample"])
+    with pytest.raises(TypeError, match="Gaussian-head"):
+        sac.setup(cfg, load_policy(runs / "pi0"))
+
+
+def test_sac_soft_target_on_a_hand_case(runs, tmp_path):
+    cfg = sac_config(tmp_path, runs / "bc")
+    policy = load_policy(runs / "bc")
+    _, state = sac.setup(cfg, policy)
+    obs = obs_batch(2)
+    reward, terminal, alpha = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]), torch.tensor(0.3)
+    torch.manual_seed(5)
+    target = sac.soft_target(policy, state, obs, reward, terminal, alpha, gamma=0.9)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        gaussian, features = policy.distribution(obs)
+        a = gaussian.sample()
+        x = torch.cat([features, a.flatten(1)], -1)
+        q = torch.min(state.q_target[0](x), state.q_target[1](x))[:, 0]
+        soft = q - alpha * gaussian.log_prob(a).sum((1, 2))
+    assert target[0] == 1.0  # success is terminal: nothing bootstrapped
+    torch.testing.assert_close(target[1], 2.0 + 0.9 * soft[1])
