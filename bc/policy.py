@@ -1,9 +1,9 @@
 """BC as an RL policy: `common/policy.py`'s contract around a trained `BCPolicy`.
 
     a ~ N(mu_theta(o), diag sigma^2)   over the K = n_action_steps actions of the chunk the robot executes, in the
-                                       policy's normalised action units; mu is the BC head's output, sigma = exp(log_std)
-                                       with one learned log-std per action dimension (a Gaussian around a regression
-                                       head, as PPO's continuous-action policies: Schulman et al. 2017; CleanRL)
+                                       policy's normalised action units; mu is the BC head's output, sigma =
+                                       exp(log_std) with one learned log-std per action dimension (a Gaussian around
+                                       a regression head, as PPO's continuous-action policies: Schulman et al. 2017)
     log pi(a|o) = sum_{k<K, d} log N(a_kd; mu_kd, sigma_d^2)      one number per chunk (chunk-level PPO)
     H = K * sum_d (1/2) log(2 pi e sigma_d^2)                     the closed-form entropy
     V(o) = MLP(features(o))            a value head on the policy's own embeddings (image, state, instruction), read

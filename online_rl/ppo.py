@@ -1,5 +1,5 @@
-"""PPO fine-tuning of an imitation policy in Meta-World, with chunk-level actions (Schulman et al. 2017, arXiv:1707.06347;
-the chunk-level recipe of RLinf / πRL, arXiv:2510.25889).
+"""PPO fine-tuning of an imitation policy in Meta-World, with chunk-level actions (Schulman et al. 2017,
+arXiv:1707.06347; the chunk-level recipe of RLinf / πRL, arXiv:2510.25889).
 
 Any method's policy comes through `common.policy.load_policy`, so this file knows no method. One decision is one
 action chunk: the policy samples K actions, the environment executes them open loop, and the chunk is one PPO
@@ -67,7 +67,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
 
 
 def ppo_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, value: torch.Tensor,
-               old_value: torch.Tensor, returns: torch.Tensor, clip: float, value_clip: float) -> dict[str, torch.Tensor]:
+               old_value: torch.Tensor, returns: torch.Tensor, clip: float, value_clip: float
+               ) -> dict[str, torch.Tensor]:
     """The clipped surrogate (policy) and clipped value losses of one minibatch, with PPO's diagnostics."""
     log_ratio = log_prob - old_log_prob
     ratio = log_ratio.exp()

@@ -139,8 +139,7 @@ def test_load_policy_round_trips_bc_from_run_checkpoint_and_pointer(bc_run):
     from bc.eval import load_policy as load_bc
     trained = load_bc(bc_run)[0].eval()
     obs = obs_batch()
-    expected = trained.predict_chunk({"observation.images.corner": obs["rgb"][:, 0], "observation.state": obs["proprio"],
-                                      "instruction": list(obs["language"])})
+    expected = trained.predict_chunk(feature_for(trained, obs))
     for path in (bc_run, last_checkpoint(bc_run), bc_run / "checkpoints" / "last"):
         policy = load_policy(path)
         assert isinstance(policy, Policy) and type(policy).__name__ == "BCActorCritic"
