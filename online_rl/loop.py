@@ -36,6 +36,7 @@ WEAK_TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3", "window-open-v3"
 @dataclass
 class RLConfig:
     policy: str = "../pi0/runs/pi0"  # the imitation checkpoint to fine-tune: a checkpoint, run dir or `last` pointer
+    method: str | None = None  # the policy's method folder, for checkpoints written before config.json named it
     run_dir: str = "runs/rl"  # checkpoints, metrics.jsonl, eval_before/ and eval_after/
     tasks: tuple[str, ...] = WEAK_TASKS  # trained (and evaluated) tasks
     envs_per_task: int = 4  # episodes per task per iteration
@@ -165,10 +166,12 @@ def fine_tune(cfg: RLConfig, algorithm: str, setup: Callable[[Policy], tuple[tor
                           "cpu" if cfg.device == "auto" else cfg.device)
     run_dir = Path(cfg.run_dir)
     start = resolve_checkpoint(cfg.policy)
-    policy = load_policy(start).to(device).eval()
+    policy = load_policy(start, cfg.method).to(device).eval()
     reference = copy.deepcopy(policy).requires_grad_(False)  # the starting policy, for the KL to it
     optimizer, state = setup(policy)
-    meta = dict(read_config(start), online_rl=dict(algorithm=algorithm, config=to_dict(cfg), start=str(start)))
+    written = read_config(start)
+    meta = dict(written, method=cfg.method or written["method"],
+                online_rl=dict(algorithm=algorithm, config=to_dict(cfg), start=str(start)))
     iteration = resume_last(run_dir, policy, optimizer) if cfg.resume else 0
     if iteration and state is not None:
         state.load(last_checkpoint(run_dir))
