@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
 from common.policy import Policy
 
-from online_rl.loop import RLConfig, fine_tune, kl_to_start
+from online_rl.loop import RLConfig, epochs_of_steps, fine_tune, kl_to_start
 
 
 @dataclass
@@ -90,23 +89,16 @@ def update(cfg: GRPOConfig, policy: Policy, reference: Policy, optimizer: torch.
     obs, out = batch["obs"].reshape(-1)[chunks], batch["out"].reshape(-1)[chunks]
     chunk_advantages = advantages[chunks % len(keep)].to(out["log_prob"].device)  # each chunk its episode's A_i
     kl_start = kl_to_start(reference, obs, out)
+
+    def loss_of(mb: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        log_prob, entropy = policy.evaluate_actions(obs[mb], out[mb])
+        losses = grpo_loss(log_prob, out["log_prob"][mb], chunk_advantages[mb], cfg.clip_low, cfg.clip_high)
+        return losses["policy"], {k: v.detach() for k, v in dict(losses, entropy=entropy.mean()).items()}
+
     policy.train()
-    logged: dict[str, list[float]] = {}
-    for _ in range(cfg.update_epochs):
-        order = torch.randperm(len(chunks), generator=generator)
-        for start in range(0, len(chunks), cfg.minibatch_size):
-            mb = order[start:start + cfg.minibatch_size]
-            log_prob, entropy = policy.evaluate_actions(obs[mb], out[mb])
-            losses = grpo_loss(log_prob, out["log_prob"][mb], chunk_advantages[mb], cfg.clip_low, cfg.clip_high)
-            optimizer.zero_grad(set_to_none=True)
-            losses["policy"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                                       cfg.max_grad_norm)
-            optimizer.step()
-            for key, value in dict(losses, entropy=entropy.mean(), grad_norm=grad_norm).items():
-                logged.setdefault(key, []).append(float(value.detach()))
+    logged = epochs_of_steps(cfg, len(chunks), optimizer, generator, loss_of)
     policy.eval()
-    return dict(stats, **{k: float(np.mean(v)) for k, v in logged.items()}, kl_start=kl_start)
+    return dict(stats, **logged, kl_start=kl_start)
 
 
 def make_optimizer(policy: torch.nn.Module, cfg: GRPOConfig) -> torch.optim.Optimizer:

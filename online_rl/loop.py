@@ -46,7 +46,8 @@ class RLConfig:
     reward: str = "success"  # "success": 1 on success (sparse); "dense": Meta-World's shaped reward x dense_scale
     dense_scale: float = 0.01  # the dense reward's scale (Meta-World's is 0..10 per step)
     update_epochs: int = 4  # passes over each iteration's chunks
-    minibatch_size: int = 32  # chunks per gradient step
+    minibatch_size: int = 256  # chunks per optimizer step (RLinf: 2048, 4 epochs: a handful of steps per rollout)
+    micro_batch_size: int = 32  # chunks per forward/backward; gradients are accumulated over a minibatch
     lr: float = 1e-5  # actor learning rate (RLinf's Meta-World pi0 setting)
     max_grad_norm: float = 1.0  # gradient clipping
     eval_episodes: int = 10  # closed-loop evaluation episodes per task, before and after (placements of seed 1000;
@@ -116,6 +117,30 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
 def own_placements(cfg: RLConfig, iteration: int) -> list[int]:
     """Every env a placement of its own, new each iteration: env i (task i % T) plays episode it * E + i // T."""
     return [iteration * cfg.envs_per_task + i // len(cfg.tasks) for i in range(len(cfg.env_tasks()))]
+
+
+def epochs_of_steps(cfg: RLConfig, n: int, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                    loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, dict]]) -> dict[str, float]:
+    """`update_epochs` passes over n chunks in shuffled minibatches, one optimizer step each, the gradient of a
+    minibatch accumulated over micro-batches: `loss_of(indices)` -> (the loss averaged over those chunks, stats),
+    each micro-batch's loss weighted by its share of the minibatch. Returns the mean of every statistic."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    logged: dict[str, list[float]] = {}
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.minibatch_size):
+            minibatch = order[start:start + cfg.minibatch_size]
+            optimizer.zero_grad(set_to_none=True)
+            for first in range(0, len(minibatch), cfg.micro_batch_size):
+                micro = minibatch[first:first + cfg.micro_batch_size]
+                loss, stats = loss_of(micro)
+                (loss * len(micro) / len(minibatch)).backward()
+                for key, value in stats.items():
+                    logged.setdefault(key, []).append(float(value))
+            logged.setdefault("grad_norm", []).append(float(torch.nn.utils.clip_grad_norm_(params,
+                                                                                         cfg.max_grad_norm)))
+            optimizer.step()
+    return {k: float(np.mean(v)) for k, v in logged.items()}
 
 
 def checkpoint_directory(run_dir: str | Path, step: int) -> Path:

@@ -31,12 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
 from common.policy import Policy
 
-from online_rl.loop import RLConfig, fine_tune, kl_to_start, own_placements
+from online_rl.loop import RLConfig, epochs_of_steps, fine_tune, kl_to_start, own_placements
 
 
 @dataclass
@@ -101,28 +100,21 @@ def update(cfg: PPOConfig, policy: Policy, reference: Policy, optimizer: torch.o
                                                           batch["goes_on"], cfg.gamma, cfg.gae_lambda))
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8) if len(valid) > 1 else advantages
     kl_start = kl_to_start(reference, obs, out)
+
+    def loss_of(mb: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        log_prob, entropy = policy.evaluate_actions(obs[mb], out[mb])
+        value = policy.get_value(obs[mb])[:, 0]
+        losses = ppo_losses(log_prob, out["log_prob"][mb], advantages[mb], value, out["value"][mb, 0], returns[mb],
+                            cfg.clip, cfg.value_clip)
+        loss = cfg.vf_coef * losses["value"]
+        if iteration >= cfg.critic_warmup:
+            loss = loss + losses["policy"] - cfg.ent_coef * entropy.mean()
+        return loss, {k: v.detach() for k, v in dict(losses, entropy=entropy.mean()).items()}
+
     policy.train()
-    stats: dict[str, list[float]] = {}
-    for _ in range(cfg.update_epochs):
-        order = torch.randperm(len(valid), generator=generator)
-        for start in range(0, len(valid), cfg.minibatch_size):
-            mb = order[start:start + cfg.minibatch_size]
-            log_prob, entropy = policy.evaluate_actions(obs[mb], out[mb])
-            value = policy.get_value(obs[mb])[:, 0]
-            losses = ppo_losses(log_prob, out["log_prob"][mb], advantages[mb], value, out["value"][mb, 0],
-                                returns[mb], cfg.clip, cfg.value_clip)
-            loss = cfg.vf_coef * losses["value"]
-            if iteration >= cfg.critic_warmup:
-                loss = loss + losses["policy"] - cfg.ent_coef * entropy.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                                       cfg.max_grad_norm)
-            optimizer.step()
-            for key, value in dict(losses, entropy=entropy.mean(), grad_norm=grad_norm).items():
-                stats.setdefault(key, []).append(float(value.detach()))
+    stats = epochs_of_steps(cfg, len(valid), optimizer, generator, loss_of)
     policy.eval()
-    return dict({k: float(np.mean(v)) for k, v in stats.items()}, kl_start=kl_start)
+    return dict(stats, kl_start=kl_start)
 
 
 def train(cfg: PPOConfig) -> dict:

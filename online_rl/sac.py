@@ -45,6 +45,7 @@ class SACConfig(RLConfig):
     init_alpha: float = 0.01  # initial temperature (small: the imitation policy is already good)
     q_hidden: int = 256  # the critics' MLP width
     buffer_size: int = 10_000  # chunks kept in the replay buffer (~50 KB each at 128 px, one camera, twice)
+    minibatch_size: int = 64  # chunks drawn from the buffer per gradient step
     updates: int = 50  # gradient steps per iteration
     critic_warmup: int = 2  # first iterations train the critics and the temperature only
 

@@ -107,6 +107,20 @@ def test_ppo_losses_on_a_hand_case():
     assert out["clip_fraction"] == pytest.approx(2 / 3)
 
 
+def test_micro_batches_accumulate_the_minibatch_gradient():
+    x, y = torch.randn(12, generator=torch.Generator().manual_seed(0)), torch.arange(12.0)
+    weights = []
+    for micro in (12, 5, 1):
+        w = torch.nn.Parameter(torch.tensor(0.5))
+        optimizer = torch.optim.SGD([w], lr=0.01)
+        cfg = loop.RLConfig(update_epochs=2, minibatch_size=12, micro_batch_size=micro, max_grad_norm=1e9)
+        stats = loop.epochs_of_steps(cfg, 12, optimizer, torch.Generator().manual_seed(1),
+                                     lambda i: (((w * x[i] - y[i]) ** 2).mean(), {}))
+        weights.append(w.item())
+        assert set(stats) == {"grad_norm"}
+    assert weights[0] == pytest.approx(weights[1], abs=1e-6) and weights[0] == pytest.approx(weights[2], abs=1e-6)
+
+
 def test_grpo_advantages_and_dynamic_sampling_on_a_hand_case():
     outcomes = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
     group = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
