@@ -157,7 +157,8 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
     from common.envs.metaworld import LANGUAGE_GROUPS, collect_demos, demo_spec, eval_config, evaluate
     from common.train import resolve_checkpoint
     spec = METHODS[method]
-    version = code_version(spec.folder)  # the code as it starts (an edit while it trains must not be stamped on it)
+    # the code and commit as it starts (an edit or a commit while it trains must not be stamped on it)
+    version, started_at = code_version(spec.folder), provenance({})
     config, train, evaluation, model = (importlib.import_module(f"{spec.folder}.{m}")
                                         for m in ("config", "train", "eval", "model"))
     run_dir = out / "runs" / run_name(method, inputs, seed)
@@ -186,7 +187,8 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
         print(f"{run_name(method, inputs, seed)} {name}: {np.mean([r.success_rate for r in outcome.values()]):.1%}",
               flush=True)
     record = dict(method=method, inputs=inputs, seed=seed, code_version=version,
-                  settings=json.loads(json.dumps(shared)), provenance=provenance(to_dict(cfg)),
+                  settings=json.loads(json.dumps(shared)),
+                  provenance=dict(provenance(to_dict(cfg)), commit=started_at["commit"], dirty=started_at["dirty"]),
                   language_groups=[list(g) for g in LANGUAGE_GROUPS], train_seconds=trained - started,
                   resumed_from_step=resumed_from, eval_seconds=time.time() - trained, threads=threads, results=results)
     path = out / f"{run_name(method, inputs, seed)}.json"
