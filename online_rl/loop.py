@@ -1,6 +1,7 @@
 """What every online-RL algorithm here shares: the settings, the rollout of one iteration, the closed-loop
 evaluation before and after, and the iteration loop (rollout -> the algorithm's update -> log -> checkpoint) with
-exact resume. The algorithms (ppo.py, grpo.py) bring their update and, for GRPO, the grouping of placements.
+exact resume, and the minibatch steps with gradient accumulation. The algorithms bring their update: ppo.py,
+grpo.py (with its grouping of placements) and sac.py (with its critics and replay, saved beside each checkpoint).
 
 A run: the imitation checkpoint is loaded through `common.policy.load_policy` (so any method's policy), evaluated,
 fine-tuned for `iterations` iterations, evaluated again. Each iteration plays one episode per env (envs.py); all its
