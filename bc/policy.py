@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, load_actor_critic_weights, register_policy
+from common.policy import GaussianChunkPolicy, load_actor_critic_weights, register_policy
 from common.train import rebuild_policy
 
 from bc.config import BCConfig
@@ -33,48 +33,22 @@ from bc.train import build_model
 INIT_LOG_STD = math.log(0.2)  # sigma at the start of RL, in normalised action units (the demos' std is 1)
 
 
-class BCActorCritic(nn.Module):
+class BCActorCritic(GaussianChunkPolicy):
     def __init__(self, policy: BCPolicy, value_hidden: int = 256):
         super().__init__()
         self.policy, self.cfg = policy, policy.cfg
         self.log_std = nn.Parameter(torch.full((policy.action_dim,), INIT_LOG_STD))
-        self.feature_dim = policy.head[0].in_features  # of `distribution`'s features (SAC's critics read them)
+        self.feature_dim = policy.head[0].in_features
         self.value_head = nn.Sequential(nn.Linear(self.feature_dim, value_hidden), nn.ReLU(),
                                         nn.Linear(value_hidden, value_hidden), nn.ReLU(), nn.Linear(value_hidden, 1))
         self.policy.eval()
 
-    def train(self, mode: bool = True) -> "BCActorCritic":
-        super().train(mode)
-        self.policy.eval()  # no augmentation in RL (see the module docstring)
-        return self
-
     def distribution(self, obs: TensorDict) -> tuple[torch.distributions.Normal, torch.Tensor]:
-        """The Gaussian over the executed chunk (B, K, A), normalised units, and the features it was computed from
-        (B, F), detached: what the value head and SAC's Q networks read."""
-        features = self.policy.features(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
+        """The Gaussian over the executed chunk (B, K, A) and the concatenated image/state/instruction features."""
+        features = self.policy.features(self._batch(obs))
         chunk = self.policy.head(features).view(-1, self.cfg.horizon, self.policy.action_dim)
         mean = chunk[:, : self.cfg.n_action_steps]
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), features.detach()
-
-    # ----------------------------------------------------------------------------------------------- the contract
-    @torch.no_grad()
-    def predict(self, obs: TensorDict) -> torch.Tensor:
-        """The whole chunk as trained (the mean), environment units: (B, H, A)."""
-        return self.policy.predict_chunk(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
-
-    def forward(self, obs: TensorDict, deterministic: bool = False) -> TensorDict:
-        gaussian, features = self.distribution(obs)
-        sample = gaussian.mean if deterministic else gaussian.sample()
-        return TensorDict(action=self.policy.normalizer.unnormalize("action", sample), sample=sample,
-                          log_prob=gaussian.log_prob(sample).sum((1, 2)), value=self.value_head(features),
-                          batch_size=[len(sample)])
-
-    def get_value(self, obs: TensorDict) -> torch.Tensor:
-        return self.value_head(self.distribution(obs)[1])
-
-    def evaluate_actions(self, obs: TensorDict, rollout: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        gaussian, _ = self.distribution(obs)
-        return gaussian.log_prob(rollout["sample"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
 
 
 @register_policy("bc")

@@ -100,6 +100,47 @@ def feature_batch(obs: TensorDict, image_keys: Sequence[str], state_key: str | N
     return batch
 
 
+# ------------------------------------------------------------------------------------------- Gaussian heads
+class GaussianChunkPolicy(torch.nn.Module):
+    """The contract for a policy whose chunk is a Gaussian around a regression head (BC, OpenVLA-OFT):
+
+        a ~ N(mu_theta(o), diag sigma^2) over the K executed actions, in the policy's normalised action units;
+        sigma = exp(log_std), one learned log-std per action dimension (PPO's continuous-action policy)
+        log pi(a | o) = sum over the K x A entries of log N;  H = its closed-form entropy, summed alike
+
+    A subclass sets `policy` (the method's imitation policy: `predict_chunk`, `image_keys`, `normalizer`, `cfg`),
+    `log_std`, `value_head`, `feature_dim`, and gives `distribution(obs)` -> (that Normal, the features it came
+    from, detached: what the value head and SAC's critics read). The imitation policy stays in eval mode (no
+    augmentation): the log-probability recomputed in an update must equal the rollout's before any step."""
+
+    def train(self, mode: bool = True) -> "GaussianChunkPolicy":
+        super().train(mode)
+        self.policy.eval()
+        return self
+
+    def _batch(self, obs: TensorDict) -> dict[str, Any]:
+        return feature_batch(obs, self.policy.image_keys, self.policy.cfg.state_key)
+
+    @torch.no_grad()
+    def predict(self, obs: TensorDict) -> torch.Tensor:
+        """The whole chunk as trained (the mean), environment units: (B, H, A)."""
+        return self.policy.predict_chunk(self._batch(obs))
+
+    def forward(self, obs: TensorDict, deterministic: bool = False) -> TensorDict:
+        gaussian, features = self.distribution(obs)
+        sample = gaussian.mean if deterministic else gaussian.sample()
+        return TensorDict(action=self.policy.normalizer.unnormalize("action", sample), sample=sample,
+                          log_prob=gaussian.log_prob(sample).sum((1, 2)), value=self.value_head(features),
+                          batch_size=[len(sample)])
+
+    def get_value(self, obs: TensorDict) -> torch.Tensor:
+        return self.value_head(self.distribution(obs)[1])
+
+    def evaluate_actions(self, obs: TensorDict, rollout: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        gaussian, _ = self.distribution(obs)
+        return gaussian.log_prob(rollout["sample"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
+
+
 # --------------------------------------------------------------------------------------------------- Flow-SDE
 def flow_sde_step(x: torch.Tensor, velocity: torch.Tensor, tau: torch.Tensor, delta: float, noise_level: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:

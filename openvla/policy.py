@@ -27,7 +27,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, load_actor_critic_weights, register_policy
+from common.policy import GaussianChunkPolicy, feature_batch, load_actor_critic_weights, register_policy
 from common.train import rebuild_policy
 
 from openvla.config import OpenVLAConfig
@@ -93,48 +93,23 @@ class OpenVLAActorCritic(nn.Module):
         return log_prob, entropy
 
 
-class OFTActorCritic(nn.Module):
+class OFTActorCritic(GaussianChunkPolicy):
     """OpenVLA-OFT: a Gaussian around the regression head."""
 
     def __init__(self, policy: OpenVLAPolicy):
         super().__init__()
         self.policy, self.cfg = policy, policy.cfg
         self.log_std = nn.Parameter(torch.full((policy.action_dim,), INIT_LOG_STD))
-        self.feature_dim = policy.cfg.llm.width  # of `distribution`'s features (SAC's critics read them)
+        self.feature_dim = policy.cfg.llm.width
         self.value_head = value_mlp(self.feature_dim)
         self.policy.eval()
 
-    def train(self, mode: bool = True) -> "OFTActorCritic":
-        super().train(mode)
-        self.policy.eval()
-        return self
-
     def distribution(self, obs: TensorDict) -> tuple[torch.distributions.Normal, torch.Tensor]:
-        """The Gaussian over the executed chunk (B, K, A) and the features it was computed from (B, width), detached
-        (the mean of the chunk slots' final hidden states): what the value head and SAC's Q networks read."""
+        """The Gaussian over the executed chunk (B, K, A) and the mean of the chunk slots' final hidden states."""
         model = self.policy.model
-        states = model.chunk_states(*self.policy.inputs(feature_batch(obs, self.policy.image_keys,
-                                                                      self.cfg.state_key)))
+        states = model.chunk_states(*self.policy.inputs(self._batch(obs)))
         mean = model.action_head(states)[:, : self.cfg.n_action_steps]
         return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), states.mean(1).detach()
-
-    @torch.no_grad()
-    def predict(self, obs: TensorDict) -> torch.Tensor:
-        return self.policy.predict_chunk(feature_batch(obs, self.policy.image_keys, self.cfg.state_key))
-
-    def forward(self, obs: TensorDict, deterministic: bool = False) -> TensorDict:
-        gaussian, features = self.distribution(obs)
-        sample = gaussian.mean if deterministic else gaussian.sample()
-        return TensorDict(action=self.policy.normalizer.unnormalize("action", sample), sample=sample,
-                          log_prob=gaussian.log_prob(sample).sum((1, 2)), value=self.value_head(features),
-                          batch_size=[len(sample)])
-
-    def get_value(self, obs: TensorDict) -> torch.Tensor:
-        return self.value_head(self.distribution(obs)[1])
-
-    def evaluate_actions(self, obs: TensorDict, rollout: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        gaussian, _ = self.distribution(obs)
-        return gaussian.log_prob(rollout["sample"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
 
 
 @register_policy("openvla")
