@@ -158,6 +158,26 @@ def flow_sde_step(x: torch.Tensor, velocity: torch.Tensor, tau: torch.Tensor, de
     return mean, delta ** 0.5 * sigma
 
 
+def flow_sde_chain(noise: torch.Tensor, num_steps: int, chosen: int, euler_step: Callable, sde_step: Callable,
+                   executed: Callable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A flow policy's chunk with Flow-SDE's one stochastic step: `num_steps` steps from `noise`, step `chosen` drawn
+    from the Gaussian `sde_step(x, step)` -> (mean, std), every other one `euler_step(x, step)` -> the next x
+    (`chosen` = -1: the plain ODE). Returns the final x, the chosen step's x_k and x_{k+1} (zeros when none was
+    chosen) and the log-probability (B,) of x_{k+1} over the entries `executed(x)` selects (the actions the robot
+    runs; 0 when none was chosen)."""
+    x, x_k, x_next = noise, torch.zeros_like(noise), torch.zeros_like(noise)
+    log_prob = torch.zeros(noise.shape[0], device=noise.device)
+    for step in range(num_steps):
+        if step != chosen:
+            x = euler_step(x, step)
+            continue
+        mean, std = sde_step(x, step)
+        x_k, x = x, mean + std * torch.randn_like(x)
+        x_next = x
+        log_prob = torch.distributions.Normal(executed(mean), std).log_prob(executed(x_next)).sum((1, 2))
+    return x, x_k, x_next, log_prob
+
+
 # --------------------------------------------------------------------------------------------------- the loader
 def load_actor_critic_weights(actor_critic: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
     """Weights for an actor-critic that holds a method's imitation policy as `.policy`: all of them from an RL

@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, flow_sde_step, load_actor_critic_weights, register_policy
+from common.policy import feature_batch, flow_sde_chain, flow_sde_step, load_actor_critic_weights, register_policy
 from common.train import rebuild_policy
 
 from gr00t.config import Gr00tConfig
@@ -92,20 +92,16 @@ class Gr00tActorCritic(nn.Module):
         b, n = vl.shape[0], cfg.num_inference_steps
         x = torch.randn(b, cfg.horizon, cfg.max_action_dim, device=vl.device)
         chosen = -1 if deterministic else int(torch.randint(n, ()))
-        x_k, x_next, log_prob = torch.zeros_like(x), torch.zeros_like(x), torch.zeros(b, device=x.device)
         with torch.no_grad():
             steps = EulerSteps(head, head.process_backbone_output(vl), head.state_encoder(state, embodiment),
                                embodiment, self._buckets().tolist())
-            for step in range(n):
-                if step != chosen:
-                    x = x + steps.velocity(x, step) / n
-                    continue
+
+            def sde_step(x: torch.Tensor, step: int):
                 k = torch.full((b,), step, device=x.device)
-                mean, std = self._sde_step(x, self._velocity(vl, state, embodiment, x, k), k)
-                x_k, x = x, mean + std * torch.randn_like(x)
-                x_next = x
-                log_prob = torch.distributions.Normal(self._executed(mean), std).log_prob(
-                    self._executed(x_next)).sum((1, 2))
+                return self._sde_step(x, self._velocity(vl, state, embodiment, x, k), k)
+
+            x, x_k, x_next, log_prob = flow_sde_chain(x, n, chosen, lambda x, step: x + steps.velocity(x, step) / n,
+                                                      sde_step, self._executed)
             action = self.policy.normalizer.unnormalize("action", self._executed(x))
         return TensorDict(action=action, x_k=x_k, x_next=x_next, step=torch.full((b,), chosen, device=x.device),
                           log_prob=log_prob, value=self._value(vl, mask), batch_size=[b])

@@ -33,7 +33,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, flow_sde_step, load_actor_critic_weights, register_policy
+from common.policy import feature_batch, flow_sde_chain, flow_sde_step, load_actor_critic_weights, register_policy
 from common.train import rebuild_policy
 
 from pi0.config import PI0Config
@@ -95,21 +95,15 @@ class Pi0ActorCritic(nn.Module):
         b, n = inputs[2].shape[0], cfg.num_inference_steps
         x = torch.randn(b, cfg.horizon, cfg.max_action_dim, device=inputs[2].device)
         chosen = -1 if deterministic else int(torch.randint(n, ()))
-        x_k, x_next = torch.zeros_like(x), torch.zeros_like(x)
-        log_prob = torch.zeros(b, device=x.device)
         with torch.no_grad():
             expert = model.expert_steps(*inputs, cfg.horizon, n)
-            for step in range(n):
-                if step != chosen:
-                    x = x - (1.0 / n) * expert.velocity(x, step)
-                    continue
+
+            def sde_step(x: torch.Tensor, step: int):
                 k = torch.full((b,), step, device=x.device)
-                v = model.velocity(*inputs, x, 1 - k.float() / n)
-                mean, std = self._sde_step(x, v, k)
-                x_k, x = x, mean + std * torch.randn_like(x)
-                x_next = x
-                log_prob = torch.distributions.Normal(self._executed(mean), std).log_prob(
-                    self._executed(x_next)).sum((1, 2))
+                return self._sde_step(x, model.velocity(*inputs, x, 1 - k.float() / n), k)
+
+            x, x_k, x_next, log_prob = flow_sde_chain(
+                x, n, chosen, lambda x, step: x - (1.0 / n) * expert.velocity(x, step), sde_step, self._executed)
             action = self.policy.normalizer.unnormalize("action", self._executed(x))
         return TensorDict(action=action, x_k=x_k, x_next=x_next, step=torch.full((b,), chosen, device=x.device),
                           log_prob=log_prob, value=self._value(*inputs[:4]), batch_size=[b])
