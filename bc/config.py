@@ -11,7 +11,8 @@ class BCConfig:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 50  # expert demonstrations per task (50: LIBERO's count; see benchmarks/README.md)
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image input each (e.g. corner,gripperPOV)
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # Meta-World cameras, one image input each: the
+    #                                                   third-person view and the wrist view, as a robot has
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
     # --- model: ResNet-18 image encoder (shared by the cameras) + state + instruction embedding -> MLP -> chunk
@@ -55,5 +56,6 @@ PRESETS = {
     # a minute-long smoke run for tests: two tasks, two demos each, small images, a few steps
     "smoke": BCConfig(tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2, demo_image_size=32, image_size=32,
                       hidden_dim=64, steps=6, batch_size=8, log_every=2, save_every=3, eval_episodes=1,
-                      eval_max_steps=10, eval_workers=1, collect_workers=1),
+                      eval_max_steps=10, eval_workers=1, collect_workers=1,
+                      cameras=("corner",)),
 }

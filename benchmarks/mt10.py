@@ -62,7 +62,8 @@ METHODS = {"bc": Method("bc"), "pi0": Method("pi0"), "pi05": Method("pi0", ("--v
            "gr00t-frozen-vlm": Method("gr00t", ("--no-tune_llm", "--no-tune_visual"))}  # the release's recipe
 INPUTS = {"robot": "observation.state", "oracle": "observation.environment_state"}  # the state each row reads
 # What every run shares: the same demos, inputs, budget and evaluation. (The methods' own defaults are the same.)
-SHARED = dict(tasks="mt10", episodes_per_task=50, demo_image_size=128, cameras=("corner",), demo_seed=0, steps=3000,
+SHARED = dict(tasks="mt10", episodes_per_task=50, demo_image_size=128, cameras=("corner", "gripperPOV"), demo_seed=0,
+              steps=3000,
               batch_size=32, eval_episodes=10, eval_seed=1000, eval_max_steps=200)
 QUICK = dict(tasks=("reach-v3", "push-v3"), episodes_per_task=2, demo_image_size=32, cameras=("corner",), demo_seed=0,
              steps=4, batch_size=8, eval_episodes=1, eval_seed=1000, eval_max_steps=8)

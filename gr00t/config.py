@@ -80,7 +80,8 @@ class Gr00tConfig:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 50  # expert demonstrations per task (the same demos as π0 and OpenVLA)
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image each in the prompt (e.g. corner,gripperPOV)
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # Meta-World cameras, one image each in the prompt:
+    #                                                   the third-person view and the wrist view
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
     state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D
@@ -142,5 +143,6 @@ PRESETS = {
         dit=TransformerSize(num_layers=2, num_heads=2, head_dim=16, dropout=0.0), hidden_size=32,
         num_future_tokens=2, image_size=32, demo_image_size=32, tasks=("reach-v3", "drawer-close-v3"),
         episodes_per_task=2, tokenizer_vocab=300, steps=6, batch_size=8, log_every=2, save_every=3, eval_episodes=1,
-        eval_max_steps=10, eval_workers=1, collect_workers=1)}),
+        eval_max_steps=10, eval_workers=1, collect_workers=1,
+        cameras=("corner",))}),
 }

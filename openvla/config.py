@@ -44,8 +44,8 @@ class OpenVLAConfig:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 50  # expert demonstrations per task (50: LIBERO's count; see benchmarks/README.md)
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras; each image's patches enter the LLM in turn (OFT
-    #                                         reads a third-person and a wrist image; OpenVLA itself one image)
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # Meta-World cameras; each image's patches enter the LLM
+    #   in turn. OFT reads a third-person and a wrist image, as here; OpenVLA itself one (--cameras corner)
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
     state_key: str = "observation.state"  # OFT's proprio input: the robot's hand xyz and gripper; the privileged
@@ -97,7 +97,8 @@ PRESETS = {
         llm=LlamaSize(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=2),
         image_size=56, demo_image_size=32, tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2,
         tokenizer_vocab=300, text_vocab=300 + 256, vocab_size=576, steps=6, batch_size=8, warmup_steps=2,
-        log_every=2, save_every=3, eval_episodes=1, eval_max_steps=10, eval_workers=1, collect_workers=1)}),
+        log_every=2, save_every=3, eval_episodes=1, eval_max_steps=10, eval_workers=1, collect_workers=1,
+        cameras=("corner",))}),
 }
 
 

@@ -56,7 +56,8 @@ class PI0Config:
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 50  # expert demonstrations per task (50: LIBERO's count; see benchmarks/README.md)
     demo_image_size: int = 128  # camera image side in the demos and at evaluation, pixels
-    cameras: tuple[str, ...] = ("corner",)  # Meta-World cameras, one image each in the prefix (e.g. corner,gripperPOV)
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # Meta-World cameras, one image each in the prefix:
+    #                                                   the third-person view and the wrist view, as a robot has
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
     state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D
@@ -115,5 +116,6 @@ PRESETS = {
         expert=GemmaSize(width=16, depth=2, mlp_dim=32, num_heads=8, num_kv_heads=1, head_dim=8),
         image_size=32, demo_image_size=32, tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2,
         tokenizer_vocab=300, steps=6, batch_size=8, warmup_steps=2, log_every=2, save_every=3, eval_episodes=1,
-        eval_max_steps=10, eval_workers=1, collect_workers=1)}),
+        eval_max_steps=10, eval_workers=1, collect_workers=1,
+        cameras=("corner",))}),
 }
