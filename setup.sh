@@ -20,6 +20,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements/dev.txt
+# openpi's policy client (tests of common/serve.py); --no-deps: it declares numpy<2, yet runs on our numpy 2
+.venv/bin/pip install -q --no-deps openpi-client==0.1.2
 .venv/bin/pip install -q -r requirements/jax.txt
 .venv/bin/pip install -q --no-deps -e .
 echo "setup done: activate with  source .venv/bin/activate"
