@@ -51,8 +51,9 @@ def build_tokenizer(cfg: DrivingVLAConfig, demos: EpisodeDataset) -> str:
 
 
 def checkpoint_meta(cfg: DrivingVLAConfig, stats: dict, tokenizer_json: str | None) -> dict:
-    """What `eval.py` (and every evaluation worker) needs to rebuild the policy: config, statistics, tokenizer."""
-    return dict(config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json)
+    """What `eval.py` (and every evaluation worker) needs to rebuild the policy: config, statistics, tokenizer; and
+    the method (this folder's name), which `common.policy.load_policy` dispatches on (to `policy.py`)."""
+    return dict(method="driving_vla", config=to_dict(cfg), stats=stats, tokenizer=tokenizer_json)
 
 
 def demo_spec(cfg: DrivingVLAConfig) -> hw.DemoSpec:

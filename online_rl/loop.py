@@ -4,8 +4,10 @@ exact resume, and the minibatch steps with gradient accumulation. The algorithms
 grpo.py (with its grouping of placements) and sac.py (with its critics and replay, saved beside each checkpoint).
 
 A run: the imitation checkpoint is loaded through `common.policy.load_policy` (so any method's policy), evaluated,
-fine-tuned for `iterations` iterations, evaluated again. Each iteration plays one episode per env (envs.py); all its
-random draws are seeded by (seed, iteration) alone, so a resumed run repeats the uninterrupted one exactly.
+fine-tuned for `iterations` iterations, evaluated again. Each iteration plays one episode per env (Meta-World's
+envs.py, or with `env="driving"` highway-env's driving.py: the envs give the contract's observations and each
+chunk's reward, so the rollout, GAE and the updates are the same for both); all its random draws are seeded by
+(seed, iteration) alone, so a resumed run repeats the uninterrupted one exactly.
 Checkpoints hold the actor-critic's weights with the imitation checkpoint's config.json (plus this run's config
 under `online_rl`), so `load_policy` reads a fine-tuned policy back whole.
 """
@@ -32,6 +34,7 @@ from online_rl.envs import ChunkEnvs
 # MT10 tasks on which the imitation policies of benchmarks/results/mt10.md are weak but not at zero (a sparse reward
 # needs some successes to learn from)
 WEAK_TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3", "window-open-v3")
+REWARDS = {"metaworld": ("success", "dense"), "driving": ("success", "score")}  # each env's `reward` choices
 
 
 @dataclass
@@ -39,13 +42,18 @@ class RLConfig:
     policy: str = "../pi0/runs/pi0"  # the imitation checkpoint to fine-tune: a checkpoint, run dir or `last` pointer
     method: str | None = None  # the policy's method folder, for checkpoints written before config.json named it
     run_dir: str = "runs/rl"  # checkpoints, metrics.jsonl, eval_before/ and eval_after/
-    tasks: tuple[str, ...] = WEAK_TASKS  # trained (and evaluated) tasks
+    env: str = "metaworld"  # "metaworld": Meta-World tasks (envs.py); "driving": highway-env scenarios (driving.py)
+    tasks: tuple[str, ...] = WEAK_TASKS  # trained (and evaluated) tasks; driving: scenarios (common.envs.highway)
     envs_per_task: int = 4  # episodes per task per iteration
     iterations: int = 50  # iterations (one episode per env each)
-    max_steps: int = 200  # environment steps per episode (as the imitation evaluation)
-    placement_seed: int = 5000  # training placements (demos use 0, evaluation 1000 and 2000)
-    reward: str = "success"  # "success": 1 on success (sparse); "dense": Meta-World's shaped reward x dense_scale
+    max_steps: int = 200  # environment steps per episode (as the imitation evaluation; driving: the horizon, 10 Hz)
+    placement_seed: int = 5000  # training placements (demos use 0, evaluation 1000 and 2000; driving: highway-env
+    #                             seeds placement_seed + episode, evaluation from 10^6)
+    reward: str = "success"  # "success": 1 on success (Meta-World) or arrival (driving), sparse; "dense": Meta-World's
+    #                          shaped reward x dense_scale; "score": driving, the episode's PDM-style score at its end
     dense_scale: float = 0.01  # the dense reward's scale (Meta-World's is 0..10 per step)
+    plan_steps: int = 5  # driving: 10 Hz control steps that follow each plan before the next (5 = 0.5 s, the
+    #                      waypoints' spacing; 1 = replan every step, as the imitation evaluation)
     update_epochs: int = 4  # passes over each iteration's chunks
     minibatch_size: int = 256  # chunks per optimizer step (RLinf: 2048, 4 epochs: a handful of steps per rollout)
     micro_batch_size: int = 32  # chunks per forward/backward; gradients are accumulated over a minibatch
@@ -61,8 +69,19 @@ class RLConfig:
     device: str = "auto"  # "auto": CUDA when present, else CPU
 
     def __post_init__(self):
-        if self.reward not in ("success", "dense"):
-            raise ValueError(f"reward must be 'success' or 'dense', got {self.reward!r}")
+        if self.env not in REWARDS:
+            raise ValueError(f"env must be one of {sorted(REWARDS)}, got {self.env!r}")
+        if self.reward not in REWARDS[self.env]:
+            raise ValueError(f"reward must be one of {REWARDS[self.env]} for env {self.env!r}, got {self.reward!r}")
+        if self.env == "driving":
+            from common.envs.highway import SCENARIOS  # highway-env is imported only for driving runs
+            unknown = [task for task in self.tasks if task not in SCENARIOS]
+            if unknown:
+                raise ValueError(f"env 'driving' plays highway-env scenarios; unknown {unknown}: pass --tasks from "
+                                 f"{', '.join(SCENARIOS)}")
+            if self.policy == RLConfig.policy:
+                raise ValueError("env 'driving' fine-tunes a driving policy: pass --policy (a driving_vla checkpoint "
+                                 "or run); the default is π0's Meta-World run")
 
     def env_tasks(self) -> list[str]:
         """The task of every env: env i runs tasks[i % len(tasks)]."""
@@ -70,17 +89,27 @@ class RLConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- rollouts
+def make_envs(cfg: RLConfig, policy: Policy) -> ChunkEnvs:
+    """The run's envs, one per entry of `cfg.env_tasks()`: Meta-World's, rendered as the policy's config says, or
+    highway-env's (online_rl/driving.py)."""
+    if cfg.env == "driving":
+        from online_rl import driving  # highway-env (and pygame) only for driving runs
+        return driving.DrivingEnvs(cfg.env_tasks(), driving.horizon_s(cfg), cfg.plan_steps, cfg.workers)
+    return ChunkEnvs(cfg.env_tasks(), policy.cfg.demo_image_size, policy.cfg.cameras, cfg.max_steps, cfg.workers,
+                     policy.cfg.state_key)
+
+
 @torch.no_grad()
 def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int], device: torch.device) -> dict:
     """One episode per env, env i from placement (placement_seed, episodes[i]), as (T, N) tensors of chunk steps;
     rows of envs whose episode has ended hold their last values and are masked out by `valid`. The policy runs on
-    the active envs only."""
-    cameras, state_key = policy.cfg.cameras, policy.cfg.state_key
+    the active envs only. `events`: per env, whether each of the envs' episode events (driving: collision) happened."""
     current = envs.reset(cfg.placement_seed, episodes)
     active = np.ones(envs.n, bool)
     success, returns, steps, out = np.zeros(envs.n, bool), np.zeros(envs.n), [], None
+    events: dict[str, np.ndarray] = {}
     while active.any():
-        obs = observations(current, cameras, state_key, device)
+        obs = envs.observations(current, device)
         rows = torch.as_tensor(np.flatnonzero(active))
         sampled = policy(obs[rows])
         if out is None:
@@ -89,17 +118,19 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
         actions = np.zeros((envs.n, *sampled["action"].shape[1:]), np.float32)
         actions[rows.numpy()] = sampled["action"].cpu().numpy()
         result = envs.step(actions, active)
-        reward = result.dense * cfg.dense_scale if cfg.reward == "dense" else result.success.astype(float)
-        next_value = torch.zeros(envs.n, device=device)  # 0 after success; set below where the episode goes on
+        reward = envs.reward(result, cfg)
+        next_value = torch.zeros(envs.n, device=device)  # 0 after a terminal end; set below where the episode goes on
         cut = np.flatnonzero(result.truncated)
         if len(cut):  # the step limit ended these episodes: bootstrap with the value of where they stopped
-            final = observations([result.obs[i] for i in cut], cameras, state_key, device)
+            final = envs.observations([result.obs[i] for i in cut], device)
             next_value[torch.as_tensor(cut)] = policy.get_value(final)[:, 0]
         steps.append(dict(obs=obs, out=out.clone(), reward=torch.as_tensor(np.where(active, reward, 0.0)),
                           valid=torch.as_tensor(active.copy()), goes_on=torch.as_tensor(active & ~result.done),
-                          terminal=torch.as_tensor(active & result.success), next_value=next_value))
+                          terminal=torch.as_tensor(active & result.done & ~result.truncated), next_value=next_value))
         returns += np.where(active, reward, 0.0)
         success |= result.success & active
+        for key, happened in result.events.items():
+            events[key] = events.get(key, np.zeros(envs.n, bool)) | (happened & active)
         current = [o if o is not None else c for o, c in zip(result.obs, current)]
         active &= ~result.done
     stacked = {key: torch.stack([s[key] for s in steps]) for key in steps[0]}
@@ -109,10 +140,10 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
     next_values[:-1] = torch.where(goes_on[:-1], values[1:], next_values[:-1])  # V(s_{t+1}) where it goes on
     # where each chunk led (SAC's o'): the next chunk's observation, or the episode's last one (obs[t + 1] holds it
     # for an env that ended at t; `current` after the final chunk)
-    next_obs = torch.stack([s["obs"] for s in steps[1:]] + [observations(current, cameras, state_key, device)])
+    next_obs = torch.stack([s["obs"] for s in steps[1:]] + [envs.observations(current, device)])
     return dict(obs=stacked["obs"], out=stacked["out"], rewards=stacked["reward"].float().to(device), values=values,
                 next_values=next_values, goes_on=goes_on, terminal=stacked["terminal"].to(device),
-                valid=stacked["valid"].to(device), next_obs=next_obs, success=success, returns=returns)
+                valid=stacked["valid"].to(device), next_obs=next_obs, success=success, returns=returns, events=events)
 
 
 def own_placements(cfg: RLConfig, iteration: int) -> list[int]:
@@ -160,7 +191,11 @@ def kl_to_start(reference: Policy, obs, out) -> float:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate_policy(policy: Policy, cfg: RLConfig, out_dir: Path) -> dict:
-    """Closed-loop success on held-out placements (evaluation seed 1000), the policy acting deterministically."""
+    """Closed-loop success on held-out placements (evaluation seed 1000), the policy acting deterministically;
+    driving: `driving.evaluate_policy` (the benchmark's evaluation seeds and metrics, success = arrival)."""
+    if cfg.env == "driving":
+        from online_rl import driving
+        return driving.evaluate_policy(policy, cfg, out_dir)
     policy_cfg = policy.cfg
 
     def act(obs: dict) -> np.ndarray:
@@ -205,7 +240,7 @@ def fine_tune(cfg: RLConfig, algorithm: str, setup: Callable[[Policy], tuple[tor
         before = evaluate_policy(policy, cfg, run_dir / "eval_before")
         print(f"before RL: {np.mean([r['success_rate'] for r in before.values()]):.1%}")
     generator = torch.Generator().manual_seed(cfg.seed)
-    envs = ChunkEnvs(cfg.env_tasks(), policy.cfg.demo_image_size, policy.cfg.cameras, cfg.max_steps, cfg.workers)
+    envs = make_envs(cfg, policy)
     logger = Logger(run_dir, cfg.iterations, iteration, to_dict(cfg), desc=algorithm)
     try:
         while iteration < cfg.iterations:
@@ -214,8 +249,9 @@ def fine_tune(cfg: RLConfig, algorithm: str, setup: Callable[[Policy], tuple[tor
             batch = rollout(policy, envs, cfg, episodes(iteration), device)
             stats = update(policy, reference, optimizer, state, batch, iteration, generator)
             iteration += 1
+            events = {key: happened.mean() for key, happened in batch["events"].items()}  # driving: collision rate
             logger.log(iteration, dict(success=batch["success"].mean(), episode_return=batch["returns"].mean(),
-                                       chunks=int(batch["valid"].sum()), **stats))
+                                       chunks=int(batch["valid"].sum()), **events, **stats))
             logger.advance()
             if iteration % cfg.save_every == 0 or iteration == cfg.iterations:
                 if state is not None:  # first, so the `last` pointer never names a checkpoint without it

@@ -19,7 +19,9 @@ The first `critic_warmup` iterations train the value head alone (the actor is un
 values of the starting policy).
 
 Rewards: `success` (default) gives 1 on the chunk in which the task succeeds, which ends the episode (RLinf's
-relative sparse reward); `dense` gives Meta-World's shaped reward summed over the chunk, times `dense_scale`.
+relative sparse reward); `dense` gives Meta-World's shaped reward summed over the chunk, times `dense_scale`. On the
+driving benchmark (`env="driving"`, online_rl/driving.py) a chunk is a plan, `success` is arrival and `score` the
+episode's PDM-style score, both on the chunk that ends the episode.
 
 Logged per iteration: the success rate of its episodes, the mean return, PPO's clip fraction, the approximate KL
 between the rollout policy and the updated one, and the KL of the current policy to the starting one on the

@@ -49,6 +49,11 @@ class SACConfig(RLConfig):
     updates: int = 50  # gradient steps per iteration
     critic_warmup: int = 2  # first iterations train the critics and the temperature only
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.env != "metaworld":  # its critics are sized by a Meta-World chunk (n_action_steps x action_dim)
+            raise ValueError(f"SAC runs on Meta-World only, not env {self.env!r}: use ppo or grpo")
+
 
 class SACState(nn.Module):
     """The twin critics, their targets, the temperature, their optimizers and the replay buffer."""

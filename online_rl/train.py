@@ -1,11 +1,13 @@
-"""Online RL fine-tuning of an imitation policy on Meta-World: PPO (ppo.py), GRPO (grpo.py) or SAC (sac.py, for
-the Gaussian-head policies), the equations in their files, the shared loop in loop.py.
+"""Online RL fine-tuning of an imitation policy on Meta-World, or on the driving benchmark (`--env driving`): PPO
+(ppo.py), GRPO (grpo.py) or SAC (sac.py, for the Gaussian-head policies), the equations in their files, the shared
+loop in loop.py, the driving envs in driving.py.
 
     python train.py                                           # PPO on the default π0 run (trains it first if absent)
     python train.py ppo --policy ../bc/runs/bc --reward dense # any method's checkpoint, run dir or `last` pointer
     python train.py grpo --policy ../openvla/runs/oft         # GRPO: groups of 4 episodes per placement
     python train.py sac --policy ../bc/runs/bc                # SAC: twin critics, replay, learned temperature
     python train.py ppo --policy RUN --resume                 # continue run_dir's last checkpoint exactly
+    python train.py ppo --env driving --policy ../driving_vla/runs/driving_vla --tasks highway merge --reward score
 """
 
 import subprocess
