@@ -11,10 +11,13 @@ Its side runs in a long-lived subprocess (pi0/tools/lerobot_reference.py serve) 
 The two sides alternate call by call (ours, LeRobot's, ours, ...), a ratio is taken for each adjacent pair and the
 median over pairs reported, so the drifting speed of this shared machine moves both sides of every ratio alike.
 
-Measured: (1) one training step, batch 8: loss (forward), backward, AdamW step, each side with the optimizer its
-training script builds (ours: `fused=True`; LeRobot: torch's default); (2) the latency of one action chunk, batch
-1: the prefix pass and 10 Euler steps of the action expert, no grad. Both models are π0 at our `tiny` preset's
-sizes (LeRobot's constraints: 8 heads, the VLM and expert share depth and head size), float32, on CPU.
+Measured: (1) one training step, batch 8: loss (forward), backward, AdamW step, with the same optimizer on both
+sides (`OPTIMIZER`: pi0/train.py's fused AdamW; LeRobot's training script builds torch's unfused default, which
+pi0/train.py measured at about 3x the fused step's time for tiny, so giving each side its own script's optimizer
+would time the optimizer choice, not the model); (2) the loss and backward alone, batch 8, no optimizer; (3) the
+latency of one action chunk, batch 1: the prefix pass and 10 Euler steps of the action expert, no grad. Both models
+are π0 at our `tiny` preset's sizes (LeRobot's constraints: 8 heads, the VLM and expert share depth and head size),
+float32, on CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pi0.config import PRESETS  # noqa: E402
 from pi0.model import PI0  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
+OPTIMIZER = dict(lr=1e-4, fused=True)  # torch.optim.AdamW's keyword arguments, on both sides
 
 
 def bench_config(batch: int, lang_len: int = 24) -> dict:
@@ -42,7 +46,7 @@ def bench_config(batch: int, lang_len: int = 24) -> dict:
     return dict(vlm=vars(cfg.vlm), expert=vars(cfg.expert), vision=vars(cfg.vision), image_size=cfg.image_size,
                 num_images=1, chunk_size=cfg.horizon, max_state_dim=cfg.max_state_dim,
                 max_action_dim=cfg.max_action_dim, vocab_size=cfg.vocab_size, lang_len=lang_len, batch=batch,
-                num_steps=cfg.num_inference_steps, variant="pi0")
+                num_steps=cfg.num_inference_steps, variant="pi0", optimizer=OPTIMIZER)
 
 
 def inputs(c: dict, seed: int = 0):
@@ -60,19 +64,24 @@ def inputs(c: dict, seed: int = 0):
 
 
 def our_calls(train_cfg: dict, chunk_cfg: dict) -> dict:
-    """One training step (as pi0/train.py takes it) and one action chunk of our π0, as zero-argument calls."""
+    """One training step (as pi0/train.py takes it), its loss and backward alone, and one action chunk of our π0,
+    as zero-argument calls."""
     torch.manual_seed(0)
     cfg = PRESETS["tiny"]
     trained, sampler = PI0(cfg).train(), PI0(cfg).eval()
     batch = inputs(train_cfg)  # images, masks, tokens, token_masks, state, actions, noise, time
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-4, fused=True)
+    optimizer = torch.optim.AdamW(trained.parameters(), **train_cfg["optimizer"])
 
     def train_step():
         trained(*batch).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def forward_backward():
+        trained(*batch).mean().backward()
+        optimizer.zero_grad(set_to_none=True)  # no accumulation: each call's backward writes fresh gradients
     images, masks, tokens, token_masks, state, _, noise, _ = inputs(chunk_cfg)
-    return {"train": train_step,
+    return {"train": train_step, "forward_backward": forward_backward,
             "chunk": lambda: sampler.sample_actions(images, masks, tokens, token_masks, state, noise)}
 
 
@@ -108,7 +117,8 @@ def main() -> None:
 
     ours = our_calls(train_cfg, chunk_cfg)
     rows = []
-    for name, kind in (("train step, batch 8", "train"), ("action chunk, batch 1, 10 steps", "chunk")):
+    for name, kind in (("train step, batch 8", "train"), ("loss + backward, batch 8, no optimizer", "forward_backward"),
+                       ("action chunk, batch 1, 10 steps", "chunk")):
         for _ in range(warmup):
             ours[kind](), theirs(kind)
         a, b = [], []
@@ -121,6 +131,7 @@ def main() -> None:
     params = sum(p.numel() for p in PI0(PRESETS["tiny"]).parameters())
     header = (f"π0 at the `tiny` preset's sizes ({params / 1e6:.2f}M parameters; LeRobot {info['lerobot']}: "
               f"{info['params'] / 1e6:.2f}M without its unused LM heads), float32, CPU, {args.threads} threads; "
+              f"train step with AdamW({', '.join(f'{k}={v}' for k, v in OPTIMIZER.items())}) on both sides; "
               f"ours on torch {torch.__version__}, LeRobot's on torch {info['torch']}; {pairs} alternating pairs of "
               f"single calls after {warmup} warm-up pairs, the ratio taken within each pair")
     save_table("pi0_vs_lerobot", header, ["measure", "ours (ms, median)", "LeRobot (ms, median)",

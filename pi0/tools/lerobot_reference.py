@@ -24,7 +24,8 @@ tiny size, offline, by patching three names in the LeRobot module (see `_patch_m
 
 Subcommands:
     fixture --config C.json --out F.safetensors --seed 0
-    serve   --train-config T.json --chunk-config C.json --threads 2   (then `train`/`chunk` lines on stdin)
+    serve   --train-config T.json --chunk-config C.json --threads 2
+            (then `train` / `forward_backward` / `chunk` lines on stdin)
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ def cmd_fixture(args):
 
 # ---------------------------------------------------------------------------------------------------- serve
 def cmd_serve(args):
-    """Time one call per request: reads `train` or `chunk` lines on stdin, answers each with its milliseconds.
+    """Time one call per request: reads `train`, `forward_backward` or `chunk` lines on stdin, answers each with its
+    milliseconds. `train` ends with the step of the AdamW whose keyword arguments the train config's "optimizer" gives.
 
     The benchmark keeps this process alive and alternates single calls with its own side, so both sides of every
     ratio run within a fraction of a second of each other (this machine is shared; its speed drifts).
@@ -309,15 +311,24 @@ def cmd_serve(args):
         x = make_inputs(cfg, 1)
         params = count_params(model)
         if kind == "train":
-            # LeRobot's training uses torch.optim.AdamW with its defaults (lerobot.optim.optimizers.AdamWConfig)
-            opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not _is_unused(n)], lr=1e-4)
+            # The optimizer the benchmark names, the same on both sides (LeRobot's own training builds
+            # torch.optim.AdamW with its defaults, unfused: lerobot.optim.optimizers.AdamWConfig)
+            opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not _is_unused(n)],
+                                    **cfg["optimizer"])
 
-            def train_step(model=model, cfg=cfg, x=x, opt=opt):
+            def forward_backward(model=model, cfg=cfg, x=x):
                 model.train()
                 call_forward(model, cfg, x).mean().backward()
+
+            def train_step(opt=opt, forward_backward=forward_backward):
+                forward_backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            calls[kind] = train_step
+
+            def forward_backward_only(opt=opt, forward_backward=forward_backward):
+                forward_backward()
+                opt.zero_grad(set_to_none=True)  # no accumulation: each call's backward writes fresh gradients
+            calls["train"], calls["forward_backward"] = train_step, forward_backward_only
         else:
             def chunk(model=model, cfg=cfg, x=x):
                 model.eval()
