@@ -5,7 +5,6 @@ config refuses what cannot work, and one PPO iteration runs end to end and moves
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 
 from common.envs import highway as hw
 from common.policy import load_policy
+from common.tests import demo_cache
 from common.train import last_checkpoint, read_metrics
 
 from driving_vla import train as dv_train
@@ -31,18 +31,11 @@ def runs(tmp_path_factory):
     """Smoke driving-VLA runs with the flow head and the MLP head (behaviour cloning only), their demos in a
     private cache."""
     root = tmp_path_factory.mktemp("runs")
-    old = os.environ.get("EMBODIED_CACHE")
-    os.environ["EMBODIED_CACHE"] = str(root / "cache")
-    try:
+    with demo_cache.private_cache(root / "cache"):
         for head in ("flow", "mlp"):
             dv_train.train(dataclasses.replace(PRESETS["smoke"], run_dir=str(root / head), head=head, dagger_rounds=0,
                                                eval_seeds=0, gif=False))
         yield root
-    finally:
-        if old is None:
-            del os.environ["EMBODIED_CACHE"]
-        else:
-            os.environ["EMBODIED_CACHE"] = old
 
 
 def quick(tmp_path, run, **overrides) -> ppo.PPOConfig:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from common.envs.metaworld import MetaWorldEnv
 from common.policy import Policy, load_policy, observations
-from common.tests import demo_cache, resume
+from common.tests import contract, demo_cache, resume
 from common.train import last_checkpoint, read_metrics
 
 from bc.config import PRESETS
@@ -296,18 +296,7 @@ def test_flow_policies_train_the_action_model_not_the_vlm(runs):
 @pytest.mark.parametrize("method", METHODS)
 def test_value_head_does_not_change_predict(runs, method):
     policy = load_policy(runs / method)
-    obs = obs_batch(image_size=policy.cfg.demo_image_size)
-    torch.manual_seed(0)
-    before = policy.predict(obs)
-    with torch.no_grad():
-        for p in policy.value_head.parameters():
-            p.add_(1.0)
-    torch.manual_seed(0)
-    assert torch.equal(policy.predict(obs), before)
-    value = policy.get_value(obs)
-    assert value.shape == (3, 1)
-    value.sum().backward()  # the critic reads the features detached: no gradient reaches the actor
-    assert all(p.grad is None for p in policy.policy.parameters())
+    contract.assert_value_head_apart(policy, obs_batch(image_size=policy.cfg.demo_image_size), batch=3)
 
 
 @pytest.mark.parametrize("method", METHODS)
