@@ -153,19 +153,9 @@ def test_flow_sde_without_noise_is_the_samplers_euler_step(runs, monkeypatch):
 
 
 def test_flow_sde_scores_the_stored_step_and_its_entropy(runs, observations):
-    policy = load_policy(runs / "vla-flow")
-    obs = contract_obs(observations)
     torch.manual_seed(1)
-    with torch.no_grad():
-        out = policy(obs)
-        k = out["step"]
-        assert (k == k[0]).all() and 0 <= k[0] < policy.cfg.num_inference_steps  # one step per call
-        log_prob, entropy = policy.evaluate_actions(obs, out)
-        _, std = policy._sde_step(out["x_k"], out["x_k"], k)
-    torch.testing.assert_close(entropy, 2 * K * 0.5 * torch.log(2 * math.pi * math.e * std.flatten() ** 2))
-    moved = out.clone()
-    moved["x_next"] = out["x_next"] + 0.1  # another sample of the same step: another likelihood
-    assert not torch.allclose(policy.evaluate_actions(obs, moved)[0], log_prob)
+    contract.assert_flow_sde_scores_the_stored_step(load_policy(runs / "vla-flow"), contract_obs(observations),
+                                                    n_entries=2 * K)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -265,19 +265,8 @@ def test_flow_sde_without_noise_is_the_samplers_euler_step(runs, method, monkeyp
 
 @pytest.mark.parametrize("method", ["pi0", "gr00t"])
 def test_flow_sde_scores_the_stored_step_and_its_entropy(runs, method):
-    policy = load_policy(runs / method)
-    obs = obs_batch(image_size=32)
-    with torch.no_grad():
-        out = policy(obs)
-        k = out["step"]
-        assert (k == k[0]).all() and 0 <= k[0] < policy.cfg.num_inference_steps  # one step per call
-        log_prob, entropy = policy.evaluate_actions(obs, out)
-        _, std = policy._sde_step(out["x_k"], out["x_k"], k)
-    n_entries = policy.cfg.n_action_steps * 4
-    torch.testing.assert_close(entropy, n_entries * 0.5 * torch.log(2 * math.pi * math.e * std.flatten() ** 2))
-    moved = out.clone()
-    moved["x_next"] = out["x_next"] + 0.1  # another sample of the same step: another likelihood
-    assert not torch.allclose(policy.evaluate_actions(obs, moved)[0], log_prob)
+    policy, obs = load_policy(runs / method), obs_batch(image_size=32)
+    out, log_prob = contract.assert_flow_sde_scores_the_stored_step(policy, obs, policy.cfg.n_action_steps * 4)
     outside = out.clone()
     outside["x_next"][:, policy.cfg.n_action_steps:] += 1.0  # entries the robot does not execute do not count
     assert torch.equal(policy.evaluate_actions(obs, outside)[0], log_prob)
