@@ -8,7 +8,9 @@ full config of its run.
     python offline_rl/table.py --report                          # only rewrite the table and figure from table.json
 
 Besides results/table.md it draws results/table.png: a bar per algorithm and dataset (mean over seeds, the seeds
-as dots) beside the dataset's own score (its mean episode return, normalised), the bar to clear.
+as dots) beside the dataset's own score (its mean episode return, normalised), the bar to clear. That score is read
+from the dataset and recorded in results/data_scores.json, so `--report` redraws the whole table from the committed
+results without the datasets on disk.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ def data_score(dataset: str) -> float | None:
         return None
 
 
+def data_scores(datasets: list[str], out: Path) -> dict[str, float | None]:
+    """Each dataset's own score: read from the dataset where it is on disk (and recorded in <out>/data_scores.json),
+    else the recorded one, else None."""
+    path = out / "data_scores.json"
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    read = {d: data_score(d) for d in datasets}
+    recorded.update({d: x for d, x in read.items() if x is not None})
+    path.write_text(json.dumps(recorded, indent=1) + "\n")
+    return {d: recorded.get(d) for d in datasets}
+
+
 def report(rows: list[dict], out: Path) -> str:
     """results/table.md (mean ± sample std over seeds, the data's own score, the commits the rows came from) and
     results/table.png from the rows."""
@@ -67,7 +80,7 @@ def report(rows: list[dict], out: Path) -> str:
     algorithms = [a for a in ALGORITHMS if any(r["algorithm"] == a for r in rows)]
     scores = {(a, d): np.array([r["score"] for r in rows if r["algorithm"] == a and r["dataset"] == d])
               for a in algorithms for d in datasets}
-    data = {d: data_score(d) for d in datasets}
+    data = data_scores(datasets, out)
     lines = ["| algorithm | updates | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
     for a in algorithms:
         cells = ["—" if len(x) == 0 else f"{x.mean():.1f} (1 seed)" if len(x) == 1 else

@@ -364,7 +364,7 @@ def test_resume_is_exact(module, extra, pendulum, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_table_report(pendulum, tmp_path):
+def test_table_report(pendulum, tmp_path, monkeypatch):
     path, behaviour = pendulum
     rows = [dict(algorithm="iql", dataset=str(path), seed=s, updates=10, score=x, seconds=1.0)
             for s, x in enumerate([10.0, 20.0, 30.0])]
@@ -375,6 +375,9 @@ def test_table_report(pendulum, tmp_path):
     assert "Commits of the runs: not recorded: 4 runs" in md
     assert f"| *the data* | | {behaviour / 10:.1f} | — |" in md  # references 0 and 1000: score = return / 10
     assert (tmp_path / "table.md").read_text() == md + "\n" and (tmp_path / "table.png").stat().st_size > 10_000
+    # the data's score was recorded beside the table: the same table when no dataset can be read
+    monkeypatch.setattr(table, "data_score", lambda dataset: None)
+    assert table.report(rows, tmp_path) == md
 
 
 def test_generate_protocol_at_toy_budget(tmp_path):
