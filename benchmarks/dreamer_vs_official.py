@@ -91,7 +91,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from _results import save_table
+from _results import save_table, stamp
 from dreamer.agent import init_state, make_networks, train_step
 from dreamer.config import PRESETS, DreamerConfig
 
@@ -312,7 +312,8 @@ def main() -> None:
               f"within each pair; image 64x64x3, {ACTION_DIM} continuous action. Still different in the update "
               f"(benchmarks/dreamer_vs_official.py's docstring): the official code sums all losses into one backward "
               f"pass and one LaProp optimizer (ours: three, Adam), uses REINFORCE where ours backpropagates through "
-              f"the imagined dynamics, and adds a replay value loss; its RSSM and decoder inputs are wider")
+              f"the imagined dynamics, and adds a replay value loss; its RSSM and decoder inputs are wider. "
+              f"{stamp(dict(vars(args), pairs=pairs, block=block, seed=0))}")
     save_table("dreamer_vs_official", header, ["config", "batch B x T", "params ours / official", "ours (ms/step)",
                                                "official (ms/step)", "ours / official, median", "interquartile range"],
                [(r["config"], r["batch"], f"{r['ours_params'] / 1e6:.2f}M / {r['official_params'] / 1e6:.2f}M",

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import paired_ratios
+from _results import paired_ratios, stamp
 from common.envs.metaworld import MT10, DemoSpec, MetaWorldEnv, collect_demos
 
 RESULTS = Path(__file__).parent / "results"
@@ -77,7 +77,8 @@ def main() -> None:
     name = "metaworld_speed_quick" if args.quick else "metaworld_speed"
     with open(RESULTS / f"{name}.csv", "w", newline="") as f:
         csv.writer(f).writerows([("metric", "value"), *rows])
-    table = "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    table = "\n".join([stamp(dict(vars(args), pairs=pairs, block=block, seed=0)), "", "| metric | value |", "|---|---|",
+                       *(f"| {k} | {v} |" for k, v in rows)])
     (RESULTS / f"{name}.md").write_text(table + "\n")
     print(table)
 

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from _results import paired_ratios, save_table  # noqa: E402
+from _results import paired_ratios, save_table, stamp  # noqa: E402
 from offline_rl import cql, iql  # noqa: E402
 from offline_rl.data import OfflineDataset, load_dataset  # noqa: E402
 from offline_rl.tools.corl_reference import cql_trainer, iql_trainer, load_corl  # noqa: E402
@@ -142,7 +142,8 @@ def main() -> None:
     data = "random tensors (obs 11, act 3; --random_data)" if args.random_data else DEFAULT_DATA.name
     header = (f"milliseconds per update, batch 256, {where}, torch {torch.__version__}, data: {data}; "
               f"{pairs} alternating pairs of blocks, the ratio taken within each pair; matrix-product GFLOP per "
-              f"update and the rate achieved (a lone 256×256×256 product: {matmul_gflops(args.device):.0f} GFLOP/s)")
+              f"update and the rate achieved (a lone 256×256×256 product: {matmul_gflops(args.device):.0f} GFLOP/s). "
+              f"{stamp(dict(vars(args), pairs=pairs, seed=0))}")
     save_table("offline_rl_vs_corl", header,
                ["algorithm", "ours (ms/update)", "CORL (ms/update)", "ours / CORL in time, median (lower is better)",
                 "range", "GFLOP/update, ours / CORL", "GFLOP/s, ours / CORL"],

@@ -33,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the LeRobot side does: no spinning OpenMP threads
 import torch  # noqa: E402
 
-from _results import paired_ratios, save_table  # noqa: E402
+from _results import paired_ratios, save_table, stamp  # noqa: E402
 from pi0.config import PRESETS  # noqa: E402
 from pi0.model import PI0  # noqa: E402
 
@@ -133,7 +133,8 @@ def main() -> None:
               f"{info['params'] / 1e6:.2f}M without its unused LM heads), float32, CPU, {args.threads} threads; "
               f"train step with AdamW({', '.join(f'{k}={v}' for k, v in OPTIMIZER.items())}) on both sides; "
               f"ours on torch {torch.__version__}, LeRobot's on torch {info['torch']}; {pairs} alternating pairs of "
-              f"single calls after {warmup} warm-up pairs, the ratio taken within each pair")
+              f"single calls after {warmup} warm-up pairs, the ratio taken within each pair. "
+              f"{stamp(dict(vars(args), pairs=pairs, warmup=warmup, optimizer=OPTIMIZER, seed=0))}")
     save_table("pi0_vs_lerobot", header, ["measure", "ours (ms, median)", "LeRobot (ms, median)",
                                           "ours / LeRobot, median over pairs", "interquartile range"],
                [(n, f"{r['ours']:.1f}", f"{r['theirs']:.1f}", f"**{r['ratio']:.2f}x**", f"{r['q1']:.2f}-{r['q3']:.2f}")
