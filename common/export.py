@@ -1,7 +1,7 @@
 """Export a policy's action-chunk predictor to ONNX and run it with onnxruntime: the graph a robot's inference
 machine runs without PyTorch (or hands to TensorRT).
 
-A method folder's `export.py` (bc/ so far) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
+A method folder's `export.py` (bc/, pi0/ so far) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
 uint8, the raw state, the instruction's token ids and mask, and for flow policies the initial noise, so the output is
 a deterministic function of the inputs) and returns the chunk in environment units, the normalisation inside the
 graph; and `example_inputs(model)`. The instruction is tokenised outside the graph (`ExportedPolicy`), with the
@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from common.envs.metaworld import to_features
-from common.text import tokenize
 
 
 def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -38,9 +37,21 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], path: str | 
     # torch.export first, by hand: torch.onnx.export would fall back to a fixed batch where the dynamic one fails
     # (and an example batch of 1 would be fixed too: give 2 or more)
     program = torch.export.export(module.eval(), (), inputs, dynamic_shapes={k: {0: batch} for k in inputs})
+    program = program.run_decompositions({torch.ops.aten.repeat_interleave.self_int: _repeat_interleave})
     torch.onnx.export(program, dynamo=True, input_names=list(inputs), output_names=["chunk"],
                       verbose=False).save(str(path))
     return path
+
+
+def _repeat_interleave(x: torch.Tensor, repeats: int, dim: int | None = None, output_size: int | None = None):
+    """`torch.repeat_interleave` by an integer, as unsqueeze + expand + flatten: the ONNX exporter (torch 2.14,
+    onnxscript 0.7.2) writes a wrong Expand for it when `repeats` is the dynamic batch (π0's Euler times are repeated
+    per sample), which onnxruntime rejects."""
+    if dim is None:
+        x, dim = x.flatten(), 0
+    dim = dim % x.dim()
+    shape = (*x.shape[:dim + 1], repeats, *x.shape[dim + 1:])
+    return x.unsqueeze(dim + 1).expand(shape).flatten(dim, dim + 1)
 
 
 def session(path: str | Path, threads: int = 1):
@@ -65,20 +76,20 @@ def parity(module: nn.Module, sess, inputs: dict[str, torch.Tensor]) -> float:
 
 class ExportedPolicy:
     """The closed-loop interface of `common.envs.metaworld.evaluate` (observation dict -> the next `n_action_steps`
-    actions) on an onnxruntime session: the observation's cameras and state as the graph's inputs, the instruction
-    tokenised with the checkpoint's tokenizer. `noise(generator)` gives a flow policy's initial noise (None: none)."""
+    actions) on an onnxruntime session: the observation's cameras (`image_keys`, in the graph's order) and state as
+    the graph's inputs; `tokens(instruction, state (1, D))` -> (input_ids, attention_mask), the method's own
+    tokenisation; `noise()` a flow policy's initial noise (None: the graph takes none)."""
 
-    def __init__(self, sess, cfg: Any, tokenizer, image_keys: list[str], max_text_tokens: int,
+    def __init__(self, sess, cfg: Any, image_keys: list[str], tokens: Callable[[str, np.ndarray], tuple],
                  noise: Callable[[], np.ndarray] | None = None):
-        self.sess, self.cfg, self.tokenizer, self.image_keys = sess, cfg, tokenizer, image_keys
-        self.max_text_tokens, self.noise = max_text_tokens, noise
+        self.sess, self.cfg, self.image_keys, self.tokens, self.noise = sess, cfg, image_keys, tokens, noise
 
     def inputs(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
         features = to_features(obs)
-        tokens = tokenize(self.tokenizer, [obs["instruction"]], self.max_text_tokens)
-        feed = {"images": np.stack([np.asarray(features[key]) for key in self.image_keys])[None]}
-        feed["state"] = np.asarray(features[self.cfg.state_key], np.float32)[None]
-        feed["input_ids"], feed["attention_mask"] = tokens["input_ids"].numpy(), tokens["attention_mask"].numpy()
+        feed = {"images": np.stack([np.asarray(features[key]) for key in self.image_keys])[None],
+                "state": np.asarray(features[self.cfg.state_key], np.float32)[None]}
+        feed["input_ids"], feed["attention_mask"] = (np.asarray(t) for t in self.tokens(obs["instruction"],
+                                                                                         feed["state"]))
         if self.noise is not None:
             feed["noise"] = self.noise()
         return feed
