@@ -1,7 +1,7 @@
 """Export a policy's action-chunk predictor to ONNX and run it with onnxruntime: the graph a robot's inference
 machine runs without PyTorch (or hands to TensorRT).
 
-A method folder's `export.py` (bc/, pi0/ so far) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
+A method folder's `export.py` (bc/, pi0/, openvla/ for OFT so far) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
 uint8, the raw state, the instruction's token ids and mask, and for flow policies the initial noise, so the output is
 a deterministic function of the inputs) and returns the chunk in environment units, the normalisation inside the
 graph; and `example_inputs(model)`. The instruction is tokenised outside the graph (`ExportedPolicy`), with the
