@@ -59,8 +59,7 @@ def load(checkpoint: str) -> tuple[ChunkPredictor, dict[str, torch.Tensor]]:
 def exported_policy(sess, model: BCPolicy) -> export.ExportedPolicy:
     """The closed-loop policy of an exported BC on an onnxruntime session."""
     def tokens(instruction: str, state):
-        encoded = tokenize(model.tokenizer, [instruction], model.cfg.max_text_tokens)
-        return encoded["input_ids"], encoded["attention_mask"]
+        return tokenize(model.tokenizer, [instruction], model.cfg.max_text_tokens)
 
     return export.ExportedPolicy(sess, model.cfg, model.image_keys, tokens)
 

@@ -1,7 +1,7 @@
 """Export a policy's action-chunk predictor to ONNX and run it with onnxruntime: the graph a robot's inference
 machine runs without PyTorch (or hands to TensorRT).
 
-A method folder's `export.py` (bc/, pi0/, openvla/ for OFT so far) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
+A method folder's `export.py` (bc/, pi0/, openvla/ for OFT, gr00t/) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
 uint8, the raw state, the instruction's token ids and mask, and for flow policies the initial noise, so the output is
 a deterministic function of the inputs) and returns the chunk in environment units, the normalisation inside the
 graph; and `example_inputs(model)`. The instruction is tokenised outside the graph (`ExportedPolicy`), with the
@@ -37,7 +37,8 @@ def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], path: str | 
     # torch.export first, by hand: torch.onnx.export would fall back to a fixed batch where the dynamic one fails
     # (and an example batch of 1 would be fixed too: give 2 or more)
     program = torch.export.export(module.eval(), (), inputs, dynamic_shapes={k: {0: batch} for k in inputs})
-    program = program.run_decompositions({torch.ops.aten.repeat_interleave.self_int: _repeat_interleave})
+    program = program.run_decompositions({torch.ops.aten.repeat_interleave.self_int: _repeat_interleave,
+                                          torch.ops.aten.scaled_dot_product_attention.default: _attention})
     torch.onnx.export(program, dynamo=True, input_names=list(inputs), output_names=["chunk"],
                       verbose=False).save(str(path))
     return path
@@ -52,6 +53,23 @@ def _repeat_interleave(x: torch.Tensor, repeats: int, dim: int | None = None, ou
     dim = dim % x.dim()
     shape = (*x.shape[:dim + 1], repeats, *x.shape[dim + 1:])
     return x.unsqueeze(dim + 1).expand(shape).flatten(dim, dim + 1)
+
+
+def _attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale=None,
+               enable_gqa: bool = False):
+    """`F.scaled_dot_product_attention` (inference) written out, so that a query whose keys are all masked gets 0, as
+    PyTorch's CPU kernels give it; the ONNX exporter's own lowering gives such a row other values. Transformers' LLMs
+    compute rows for left padding that way, and GR00T's action head reads the backbone's padded positions too."""
+    if enable_gqa:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+    scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    weights = torch.softmax(scores, dim=-1)
+    return torch.where(torch.isnan(weights), 0.0, weights) @ v  # all keys masked: softmax gives NaN, PyTorch 0
 
 
 def session(path: str | Path, threads: int = 1):
@@ -77,10 +95,11 @@ def parity(module: nn.Module, sess, inputs: dict[str, torch.Tensor]) -> float:
 class ExportedPolicy:
     """The closed-loop interface of `common.envs.metaworld.evaluate` (observation dict -> the next `n_action_steps`
     actions) on an onnxruntime session: the observation's cameras (`image_keys`, in the graph's order) and state as
-    the graph's inputs; `tokens(instruction, state (1, D))` -> (input_ids, attention_mask), the method's own
-    tokenisation; `noise()` a flow policy's initial noise (None: the graph takes none)."""
+    the graph's inputs; `tokens(instruction, state (1, D))` -> the prompt's inputs by name (input_ids,
+    attention_mask, ...), the method's own tokenisation; `noise()` a flow policy's initial noise (None: the graph
+    takes none)."""
 
-    def __init__(self, sess, cfg: Any, image_keys: list[str], tokens: Callable[[str, np.ndarray], tuple],
+    def __init__(self, sess, cfg: Any, image_keys: list[str], tokens: Callable[[str, np.ndarray], dict],
                  noise: Callable[[], np.ndarray] | None = None):
         self.sess, self.cfg, self.image_keys, self.tokens, self.noise = sess, cfg, image_keys, tokens, noise
 
@@ -88,8 +107,7 @@ class ExportedPolicy:
         features = to_features(obs)
         feed = {"images": np.stack([np.asarray(features[key]) for key in self.image_keys])[None],
                 "state": np.asarray(features[self.cfg.state_key], np.float32)[None]}
-        feed["input_ids"], feed["attention_mask"] = (np.asarray(t) for t in self.tokens(obs["instruction"],
-                                                                                         feed["state"]))
+        feed.update({k: np.asarray(v) for k, v in self.tokens(obs["instruction"], feed["state"]).items()})
         if self.noise is not None:
             feed["noise"] = self.noise()
         return feed

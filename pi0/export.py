@@ -79,7 +79,8 @@ def exported_policy(sess, policy: Pi0Policy, seed: int = 0) -> export.ExportedPo
     cfg, rng = policy.cfg, np.random.default_rng(seed)
     return export.ExportedPolicy(
         sess, cfg, policy.image_keys,
-        tokens=lambda instruction, state: prompt_tokens(policy, [instruction], torch.as_tensor(state)),
+        tokens=lambda instruction, state: dict(zip(("input_ids", "attention_mask"),
+                                                    prompt_tokens(policy, [instruction], torch.as_tensor(state)))),
         noise=lambda: rng.standard_normal((1, cfg.horizon, cfg.max_action_dim)).astype(np.float32))
 
 
