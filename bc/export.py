@@ -44,7 +44,7 @@ def example_inputs(model: BCPolicy, batch: int = 1) -> dict[str, torch.Tensor]:
     """Inputs of the exported graph's shapes and dtypes (random images and state, a real instruction's tokens)."""
     cfg, generator = model.cfg, torch.Generator().manual_seed(0)
     size = cfg.demo_image_size
-    tokens = tokenize(model.tokenizer, ["open the drawer"] * batch, cfg.max_text_tokens)
+    tokens = tokenize(model.tokenizer, [export.EXAMPLE_INSTRUCTION] * batch, cfg.max_text_tokens)
     return dict(images=torch.randint(0, 256, (batch, len(cfg.cameras), size, size, 3), generator=generator,
                                      dtype=torch.uint8),
                 state=torch.randn(batch, model.state_encoder[0].in_features, generator=generator),

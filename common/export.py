@@ -27,6 +27,8 @@ from torch import nn
 
 from common.envs.metaworld import to_features
 
+EXAMPLE_INSTRUCTION = "open the drawer"  # the prompt of the example inputs the graphs are traced with
+
 
 def export_onnx(module: nn.Module, inputs: dict[str, torch.Tensor], path: str | Path) -> Path:
     """`module(**inputs)` -> one tensor, exported to `path` by torch.onnx's dynamo exporter (torch.export, then

@@ -78,7 +78,7 @@ def example_inputs(policy: Gr00tPolicy, batch: int = 2, width: int | None = None
     return dict(images=torch.randint(0, 256, (batch, len(cfg.cameras), size, size, 3), generator=generator,
                                      dtype=torch.uint8),
                 state=torch.randn(batch, policy.state_dim, generator=generator),
-                **prompt_tokens(policy, ["open the drawer"] * batch, width),
+                **prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, width),
                 noise=torch.randn(batch, cfg.horizon, cfg.max_action_dim, generator=generator))
 
 

@@ -63,8 +63,9 @@ def example_inputs(policy: OpenVLAPolicy, batch: int = 2, width: int | None = No
     """Inputs of the exported graph's shapes and dtypes (random images and state, a real prompt's tokens). The
     prompt width is `max_text_tokens`, or the example prompt's length when that is wider (0 = as long as needed)."""
     cfg, generator = policy.cfg, torch.Generator().manual_seed(0)
-    width = width or tokenize_prompts(policy.tokenizer, [make_prompt("open the drawer")], cfg.max_text_tokens)[0].shape[1]
-    ids, valid = prompt_tokens(policy, ["open the drawer"] * batch, width)
+    prompts = [make_prompt(export.EXAMPLE_INSTRUCTION)] * batch
+    width = width or tokenize_prompts(policy.tokenizer, prompts, cfg.max_text_tokens)[0].shape[1]
+    ids, valid = prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, width)
     size = cfg.demo_image_size
     return dict(images=torch.randint(0, 256, (batch, len(cfg.cameras), size, size, 3), generator=generator,
                                      dtype=torch.uint8),

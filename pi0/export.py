@@ -62,7 +62,7 @@ def example_inputs(policy: Pi0Policy, batch: int = 2) -> dict[str, torch.Tensor]
     cfg, generator = policy.cfg, torch.Generator().manual_seed(0)
     size = cfg.demo_image_size
     state = torch.randn(batch, policy.state_dim, generator=generator)
-    ids, mask = prompt_tokens(policy, ["open the drawer"] * batch, state)
+    ids, mask = prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, state)
     return dict(images=torch.randint(0, 256, (batch, len(cfg.cameras), size, size, 3), generator=generator,
                                      dtype=torch.uint8),
                 state=state, input_ids=ids, attention_mask=mask,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from common import export
 from common.envs.metaworld import evaluate, to_features
+from common.tests import demo_cache
 
 
 def assert_onnxruntime_equals_eager(module, sess, example_inputs: Callable[[int], dict], atol: float = 1e-4) -> None:
@@ -33,3 +36,32 @@ def assert_drives_the_closed_loop(exported: export.ExportedPolicy, eager: Callab
     results = evaluate(both, eval_cfg, progress=False)
     assert set(results) == set(eval_cfg.tasks) and len(states) > 2 * len(eval_cfg.tasks)
     assert not np.allclose(states[0], states[1])
+
+
+def train_smoke(root: Path, cfg: Any, train: Callable, demo_spec: Callable) -> Path:
+    """A method's smoke run `cfg` (its demos in a private cache under `root`); its run directory."""
+    with demo_cache.private_cache(root / "cache", demo_spec(cfg)):
+        train(cfg)
+    return Path(cfg.run_dir)
+
+
+def export_session(load: Callable, run: Path, out_dir: Path) -> tuple:
+    """(ChunkPredictor, its example inputs, an onnxruntime session of it) from a folder's `export.load`."""
+    module, inputs = load(str(run))
+    return module, inputs, export.session(export.export_onnx(module, inputs, out_dir / "policy.onnx"))
+
+
+def policy_batch(policy, inputs: dict) -> dict:
+    """The graph's example inputs as the policy's own batch (images per camera, the state, the example prompt's
+    instruction), for its `predict_chunk`."""
+    batch = {key: inputs["images"][:, i] for i, key in enumerate(policy.image_keys)}
+    batch[policy.cfg.state_key], batch["instruction"] = inputs["state"], [export.EXAMPLE_INSTRUCTION] * len(inputs["state"])
+    return batch
+
+
+def obs_batch(policy, obs: dict) -> dict:
+    """One environment observation as the policy's own batch of one."""
+    features = to_features(obs)
+    batch = {k: torch.as_tensor(features[k])[None] for k in (*policy.image_keys, policy.cfg.state_key)}
+    batch["instruction"] = [obs["instruction"]]
+    return batch

@@ -7,9 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from common import export
-from common.envs.metaworld import eval_config, to_features
-from common.tests import demo_cache, export_checks
+from common.envs.metaworld import eval_config
+from common.tests import export_checks
 
 from gr00t import eval as gr00t_eval
 from gr00t import export as gr00t_export
@@ -25,20 +24,16 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     cfg = dataclasses.replace(PRESETS["smoke"], cameras=("corner", "gripperPOV"), run_dir=str(root / "run"),
                               eval_episodes=0)
-    with demo_cache.private_cache(root / "cache", demo_spec(cfg)):
-        train(cfg)
-    return root / "run"
+    return export_checks.train_smoke(root, cfg, train, demo_spec)
 
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
-    module, inputs = gr00t_export.load(str(run))
-    path = export.export_onnx(module, inputs, tmp_path_factory.mktemp("onnx") / "policy.onnx")
-    return module, inputs, export.session(path)
+    return export_checks.export_session(gr00t_export.load, run, tmp_path_factory.mktemp("onnx"))
 
 
 def test_onnxruntime_equals_eager_at_any_batch(exported):
-    module, inputs, sess = exported
+    module, inputs, sess = exported  # fails without common.export's written-out attention (left-padding rows)
     width = inputs["input_ids"].shape[1]
     export_checks.assert_onnxruntime_equals_eager(
         module, sess, lambda b: gr00t_export.example_inputs(module.policy, b, width))
@@ -46,22 +41,17 @@ def test_onnxruntime_equals_eager_at_any_batch(exported):
 
 def test_the_graph_is_the_policys_predict_chunk(exported):
     module, inputs, _ = exported
-    policy = module.policy
-    batch = {key: inputs["images"][:, i] for i, key in enumerate(policy.image_keys)}
-    batch[policy.cfg.state_key], batch["instruction"] = inputs["state"], ["open the drawer"] * len(inputs["state"])
     with torch.no_grad():
-        torch.testing.assert_close(module(**inputs), policy.predict_chunk(batch, noise=inputs["noise"]),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(module(**inputs), module.policy.predict_chunk(
+            export_checks.policy_batch(module.policy, inputs), noise=inputs["noise"]), rtol=0, atol=1e-5)
 
 
 def test_an_exported_policy_drives_the_closed_loop_evaluation(run, exported):
     policy, cfg = gr00t_eval.load_policy(run)
 
     def eager(obs, feed):  # the PyTorch policy with the noise the graph got
-        features = to_features(obs)
-        batch = {k: torch.as_tensor(features[k])[None] for k in (*policy.image_keys, cfg.state_key)}
-        batch["instruction"] = [obs["instruction"]]
-        return policy.predict_chunk(batch, torch.as_tensor(feed["noise"]))[0, :cfg.n_action_steps].numpy()
+        chunk = policy.predict_chunk(export_checks.obs_batch(policy, obs), torch.as_tensor(feed["noise"]))
+        return chunk[0, :cfg.n_action_steps].numpy()
 
     onnx_policy = gr00t_export.exported_policy(exported[2], policy, width=exported[1]["input_ids"].shape[1])
     export_checks.assert_drives_the_closed_loop(onnx_policy, eager,

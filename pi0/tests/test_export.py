@@ -6,9 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from common import export
-from common.envs.metaworld import eval_config, to_features
-from common.tests import demo_cache, export_checks
+from common.envs.metaworld import eval_config
+from common.tests import export_checks
 
 from pi0 import eval as pi0_eval
 from pi0 import export as pi0_export
@@ -24,20 +23,16 @@ def runs(tmp_path_factory):
     """Smoke runs of both variants with two cameras, a few steps, no evaluation."""
     root = tmp_path_factory.mktemp("export")
     cfg = dataclasses.replace(PRESETS["smoke"], cameras=("corner", "gripperPOV"), eval_episodes=0)
-    with demo_cache.private_cache(root / "cache", demo_spec(cfg)):
-        for variant in VARIANTS:
-            train(dataclasses.replace(cfg, variant=variant, run_dir=str(root / variant)))
-    return root
+    return {variant: export_checks.train_smoke(root, dataclasses.replace(cfg, variant=variant,
+                                                                         run_dir=str(root / variant)),
+                                               train, demo_spec)
+            for variant in VARIANTS}
 
 
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
-    out = {}
-    for variant in VARIANTS:
-        module, inputs = pi0_export.load(str(runs / variant))
-        path = export.export_onnx(module, inputs, tmp_path_factory.mktemp(variant) / "policy.onnx")
-        out[variant] = module, inputs, export.session(path)
-    return out
+    return {variant: export_checks.export_session(pi0_export.load, runs[variant], tmp_path_factory.mktemp(variant))
+            for variant in VARIANTS}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -49,23 +44,18 @@ def test_onnxruntime_equals_eager_at_any_batch(exported, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_graph_is_the_policys_predict_chunk(exported, variant):
     module, inputs, _ = exported[variant]
-    policy = module.policy
-    batch = {key: inputs["images"][:, i] for i, key in enumerate(policy.image_keys)}
-    batch[policy.cfg.state_key], batch["instruction"] = inputs["state"], ["open the drawer"] * len(inputs["state"])
-    with torch.no_grad():
-        torch.testing.assert_close(module(**inputs), policy.predict_chunk(batch, noise=inputs["noise"]),
-                                   rtol=0, atol=1e-6)
+    with torch.no_grad():  # dropping the [-1, 1] image scaling fails it
+        torch.testing.assert_close(module(**inputs), module.policy.predict_chunk(
+            export_checks.policy_batch(module.policy, inputs), noise=inputs["noise"]), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_an_exported_policy_drives_the_closed_loop_evaluation(runs, exported, variant):
-    policy, cfg = pi0_eval.load_policy(runs / variant)
+    policy, cfg = pi0_eval.load_policy(runs[variant])
 
     def eager(obs, feed):  # the PyTorch policy with the noise the graph got
-        features = to_features(obs)
-        batch = {k: torch.as_tensor(features[k])[None] for k in (*policy.image_keys, cfg.state_key)}
-        batch["instruction"] = [obs["instruction"]]
-        return policy.predict_chunk(batch, torch.as_tensor(feed["noise"]))[0, :cfg.n_action_steps].numpy()
+        chunk = policy.predict_chunk(export_checks.obs_batch(policy, obs), torch.as_tensor(feed["noise"]))
+        return chunk[0, :cfg.n_action_steps].numpy()
 
     export_checks.assert_drives_the_closed_loop(pi0_export.exported_policy(exported[variant][2], policy), eager,
                                                 eval_config(cfg, episodes_per_task=1, max_steps=24, workers=1))
