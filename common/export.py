@@ -118,8 +118,8 @@ class ExportedPolicy:
         return run(self.sess, self.inputs(obs))[0, : self.cfg.n_action_steps]
 
 
-def latencies(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each call over `repeats` rounds, the calls alternating within each round (so a change
+def latencies(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Milliseconds of each call in each of `repeats` rounds, the calls alternating within each round (so a change
     of machine load falls on both sides), after 3 warm-up rounds."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(3 + repeats):
@@ -128,7 +128,7 @@ def latencies(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, fl
             call()
             if round_ >= 3:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def main(load: Callable[[str], tuple[nn.Module, dict[str, torch.Tensor]]], description: str) -> None:
@@ -149,7 +149,8 @@ def main(load: Callable[[str], tuple[nn.Module, dict[str, torch.Tensor]]], descr
           f"{parity(module, sess, inputs):.2e}")
     one = {k: v[:1] for k, v in inputs.items()}
     with torch.no_grad():
-        ms = latencies({"eager": lambda: module(**one), "onnxruntime": lambda: run(sess, one)}, args.repeats)
+        times = latencies({"eager": lambda: module(**one), "onnxruntime": lambda: run(sess, one)}, args.repeats)
+    ms = {name: float(np.median(t)) for name, t in times.items()}
     print(f"latency per chunk (batch 1, 1 thread each, fp32, CPU, median of {args.repeats} alternating rounds): eager "
           f"{ms['eager']:.2f} ms, onnxruntime {ms['onnxruntime']:.2f} ms; onnxruntime / eager = "
           f"{ms['onnxruntime'] / ms['eager']:.2f}")
