@@ -158,6 +158,14 @@ def flow_sde_step(x: torch.Tensor, velocity: torch.Tensor, tau: torch.Tensor, de
     return mean, delta ** 0.5 * sigma
 
 
+def flow_sde_score(mean: torch.Tensor, std: torch.Tensor, x_next: torch.Tensor,
+                   executed: Callable = lambda x: x) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability (B,) of the stored step's x_{k+1} under its Gaussian N(mean, std^2), and the Gaussian's
+    entropy (B,), both over the entries `executed(x)` selects."""
+    gaussian = torch.distributions.Normal(executed(mean), std)
+    return gaussian.log_prob(executed(x_next)).sum((1, 2)), gaussian.entropy().sum((1, 2))
+
+
 def flow_sde_chain(noise: torch.Tensor, num_steps: int, chosen: int, euler_step: Callable, sde_step: Callable,
                    executed: Callable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A flow policy's chunk with Flow-SDE's one stochastic step: `num_steps` steps from `noise`, step `chosen` drawn
@@ -174,7 +182,7 @@ def flow_sde_chain(noise: torch.Tensor, num_steps: int, chosen: int, euler_step:
         mean, std = sde_step(x, step)
         x_k, x = x, mean + std * torch.randn_like(x)
         x_next = x
-        log_prob = torch.distributions.Normal(executed(mean), std).log_prob(executed(x_next)).sum((1, 2))
+        log_prob = flow_sde_score(mean, std, x_next, executed)[0]
     return x, x_k, x_next, log_prob
 
 

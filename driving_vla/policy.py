@@ -50,7 +50,8 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import flow_sde_chain, flow_sde_step, language, load_actor_critic_weights, register_policy
+from common.policy import (flow_sde_chain, flow_sde_score, flow_sde_step, language, load_actor_critic_weights,
+                         register_policy)
 from common.train import read_config
 
 from driving_vla.model import K, DrivingPolicy, ego_state_from_observation, euler_times, policy_from_meta, process_route
@@ -187,8 +188,7 @@ class DrivingActorCritic(nn.Module):
             return gaussian.log_prob(rollout["sample"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
         k, x_k = rollout["step"], rollout["x_k"]
         mean, std = self._sde_step(x_k, self._velocity(x_k, k, self._queries(self._inputs(obs))), k)
-        gaussian = torch.distributions.Normal(mean, std)
-        return gaussian.log_prob(rollout["x_next"]).sum((1, 2)), gaussian.entropy().sum((1, 2))
+        return flow_sde_score(mean, std, rollout["x_next"])
 
 
 @register_policy("driving_vla")

@@ -23,7 +23,8 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, flow_sde_chain, flow_sde_step, load_actor_critic_weights, register_policy
+from common.policy import (feature_batch, flow_sde_chain, flow_sde_score, flow_sde_step, load_actor_critic_weights,
+                         register_policy)
 from common.train import rebuild_policy
 
 from gr00t.config import Gr00tConfig
@@ -114,8 +115,7 @@ class Gr00tActorCritic(nn.Module):
         vl, _, state, embodiment = self._encode(obs)
         k, x_k = rollout["step"], rollout["x_k"]
         mean, std = self._sde_step(x_k, self._velocity(vl, state, embodiment, x_k, k), k)
-        gaussian = torch.distributions.Normal(self._executed(mean), std)
-        return gaussian.log_prob(self._executed(rollout["x_next"])).sum((1, 2)), gaussian.entropy().sum((1, 2))
+        return flow_sde_score(mean, std, rollout["x_next"], self._executed)
 
 
 @register_policy("gr00t")

@@ -33,7 +33,8 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from common.policy import feature_batch, flow_sde_chain, flow_sde_step, load_actor_critic_weights, register_policy
+from common.policy import (feature_batch, flow_sde_chain, flow_sde_score, flow_sde_step, load_actor_critic_weights,
+                         register_policy)
 from common.train import rebuild_policy
 
 from pi0.config import PI0Config
@@ -115,8 +116,7 @@ class Pi0ActorCritic(nn.Module):
         k, x_k = rollout["step"], rollout["x_k"]
         v = self.policy.model.velocity(*self._inputs(obs), x_k, 1 - k.float() / self.cfg.num_inference_steps)
         mean, std = self._sde_step(x_k, v, k)
-        gaussian = torch.distributions.Normal(self._executed(mean), std)
-        return gaussian.log_prob(self._executed(rollout["x_next"])).sum((1, 2)), gaussian.entropy().sum((1, 2))
+        return flow_sde_score(mean, std, rollout["x_next"], self._executed)
 
 
 @register_policy("pi0")
