@@ -1,13 +1,14 @@
 """Export a policy's action-chunk predictor to ONNX and run it with onnxruntime: the graph a robot's inference
 machine runs without PyTorch (or hands to TensorRT).
 
-A method folder's `export.py` (bc/, pi0/, openvla/ for OFT, gr00t/) is the thin part: a `ChunkPredictor` module that takes tensors only (camera images
-uint8, the raw state, the instruction's token ids and mask, and for flow policies the initial noise, so the output is
-a deterministic function of the inputs) and returns the chunk in environment units, the normalisation inside the
-graph; and `example_inputs(model)`. The instruction is tokenised outside the graph (`ExportedPolicy`), with the
-checkpoint's own tokenizer, since ONNX has no BPE.
+A method folder's `export.py` (bc/, pi0/, openvla/ for OFT, gr00t/) is the thin part: a `ChunkPredictor` module
+that takes tensors only (camera images uint8 (B, cameras, S, S, 3), the raw state, the prompt's token ids and masks,
+and for flow policies the initial noise, so the output is a deterministic function of the inputs) and returns the
+chunk in environment units, the normalisations inside the graph; `example_inputs(policy, batch)`; `load(checkpoint)`;
+and `exported_policy(session, policy)`. The prompt is tokenised outside the graph, with the checkpoint's own
+tokenizer, since ONNX has no BPE.
 
-    python export.py --checkpoint runs/bc                # -> runs/bc/checkpoints/<last>/policy.onnx, parity printed
+    python export.py --checkpoint runs/bc     # -> runs/bc/checkpoints/<last>/policy.onnx; parity and latency printed
 
 Here: `export_onnx` (torch.export through PyTorch's dynamo ONNX exporter, the batch dimension dynamic), `session`
 (an onnxruntime CPU session), `parity` (the largest |onnxruntime - eager| on inputs), `ExportedPolicy` (the closed-loop
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from common.envs.metaworld import to_features
+from common.train import resolve_checkpoint
 
 EXAMPLE_INSTRUCTION = "open the drawer"  # the prompt of the example inputs the graphs are traced with
 
@@ -136,12 +138,12 @@ def main(load: Callable[[str], tuple[nn.Module, dict[str, torch.Tensor]]], descr
     parity with eager PyTorch and prints both latencies per chunk at batch 1 (one thread each, alternating)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint, run directory or `last` pointer")
-    parser.add_argument("--out", type=Path, default=None, help="the .onnx file (default: policy.onnx in the checkpoint)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the .onnx file (default: policy.onnx in the checkpoint)")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per side")
     args = parser.parse_args()
     torch.set_num_threads(1)
     module, inputs = load(args.checkpoint)
-    from common.train import resolve_checkpoint
     out = args.out or resolve_checkpoint(Path(args.checkpoint)) / "policy.onnx"
     export_onnx(module, inputs, out)
     sess = session(out)

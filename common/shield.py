@@ -6,8 +6,9 @@ The shield tracks the end-effector *target* it has commanded (the mocap target i
 set-point on a robot): it starts at the hand position of the episode's first observation and moves by each action
 it lets through, `metres_per_unit` per action unit per step, clipped to the box the controller itself clips its
 set-point to (`controller_low/high`; Meta-World's mocap bounds), so it stays the robot's set-point when a policy
-pushes against that box (the scripted experts press down on the table and reach to the far edge). The rules, applied in this order to each step's
-displacement d (metres) from the current target p, with the previous step's commanded velocity v_prev:
+pushes against that box (the scripted experts press down on the table and reach to the far edge). The rules, applied
+in this order to each step's displacement d (metres) from the current target p, with the previous step's commanded
+velocity v_prev:
 
     speed       |d| / dt <= max_speed                       scale d down to the limit
     accel       |d / dt - v_prev| / dt <= max_accel          move d / dt toward v_prev until the limit holds

@@ -79,9 +79,10 @@ def load(checkpoint: str) -> tuple[ChunkPredictor, dict[str, torch.Tensor]]:
 
 def exported_policy(sess, policy: OpenVLAPolicy, width: int) -> export.ExportedPolicy:
     """The closed-loop policy of an exported OFT on an onnxruntime session whose prompts are `width` tokens wide."""
-    return export.ExportedPolicy(sess, policy.cfg, policy.image_keys,
-                                 tokens=lambda instruction, state: dict(zip(("input_ids", "attention_mask"),
-                                                                            prompt_tokens(policy, [instruction], width))))
+    def tokens(instruction: str, state) -> dict:
+        return dict(zip(("input_ids", "attention_mask"), prompt_tokens(policy, [instruction], width)))
+
+    return export.ExportedPolicy(sess, policy.cfg, policy.image_keys, tokens)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def policy_batch(policy, inputs: dict) -> dict:
     """The graph's example inputs as the policy's own batch (images per camera, the state, the example prompt's
     instruction), for its `predict_chunk`."""
     batch = {key: inputs["images"][:, i] for i, key in enumerate(policy.image_keys)}
-    batch[policy.cfg.state_key], batch["instruction"] = inputs["state"], [export.EXAMPLE_INSTRUCTION] * len(inputs["state"])
+    batch[policy.cfg.state_key] = inputs["state"]
+    batch["instruction"] = [export.EXAMPLE_INSTRUCTION] * len(inputs["state"])
     return batch
 
 
