@@ -11,6 +11,8 @@ The prompt (the image placeholders and the instruction, left-padded) is built ou
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,8 +93,13 @@ def exported_policy(sess, policy: Gr00tPolicy, width: int, seed: int = 0) -> exp
     """The closed-loop policy of an exported GR00T on an onnxruntime session whose prompts are `width` wide; its
     noise from a NumPy generator."""
     cfg, rng = policy.cfg, np.random.default_rng(seed)
+
+    @functools.lru_cache(maxsize=None)
+    def prompt(instruction: str) -> dict:  # the prompt depends on the instruction alone: built once for each
+        return prompt_tokens(policy, [instruction], width)
+
     return export.ExportedPolicy(
-        sess, cfg, policy.image_keys, tokens=lambda instruction, state: prompt_tokens(policy, [instruction], width),
+        sess, cfg, policy.image_keys, tokens=lambda instruction, state: prompt(instruction),
         noise=lambda: rng.standard_normal((1, cfg.horizon, cfg.max_action_dim)).astype(np.float32))
 
 
