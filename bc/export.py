@@ -40,7 +40,7 @@ class ChunkPredictor(nn.Module):
         return model.normalizer.unnormalize("action", chunk.view(-1, cfg.horizon, model.action_dim))
 
 
-def example_inputs(model: BCPolicy, batch: int = 1) -> dict[str, torch.Tensor]:
+def example_inputs(model: BCPolicy, batch: int = 2) -> dict[str, torch.Tensor]:
     """Inputs of the exported graph's shapes and dtypes (random images and state, a real instruction's tokens)."""
     cfg, generator = model.cfg, torch.Generator().manual_seed(0)
     size = cfg.demo_image_size

@@ -50,13 +50,13 @@ class ChunkPredictor(nn.Module):
         return policy.normalizer.unnormalize("action", actions)
 
 
-def prompt_tokens(policy: OpenVLAPolicy, instructions: list[str], width: int):
-    """(input_ids, attention_mask) of OpenVLA's prompts, `width` wide (the exported graph's)."""
+def prompt_tokens(policy: OpenVLAPolicy, instructions: list[str], width: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of OpenVLA's prompts, `width` wide (the exported graph's)."""
     ids, valid = tokenize_prompts(policy.tokenizer, [make_prompt(t) for t in instructions], width)
     if ids.shape[1] > width:
         raise ValueError(f"a prompt of {ids.shape[1]} tokens does not fit the exported graph's {width}: export "
                          f"again with a longer example prompt")
-    return ids, valid
+    return dict(input_ids=ids, attention_mask=valid)
 
 
 def example_inputs(policy: OpenVLAPolicy, batch: int = 2, width: int | None = None) -> dict[str, torch.Tensor]:
@@ -65,11 +65,11 @@ def example_inputs(policy: OpenVLAPolicy, batch: int = 2, width: int | None = No
     cfg, generator = policy.cfg, torch.Generator().manual_seed(0)
     prompts = [make_prompt(export.EXAMPLE_INSTRUCTION)] * batch
     width = width or tokenize_prompts(policy.tokenizer, prompts, cfg.max_text_tokens)[0].shape[1]
-    ids, valid = prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, width)
     size = cfg.demo_image_size
     return dict(images=torch.randint(0, 256, (batch, len(cfg.cameras), size, size, 3), generator=generator,
                                      dtype=torch.uint8),
-                state=torch.randn(batch, policy.state_dim, generator=generator), input_ids=ids, attention_mask=valid)
+                state=torch.randn(batch, policy.state_dim, generator=generator),
+                **prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, width))
 
 
 def load(checkpoint: str) -> tuple[ChunkPredictor, dict[str, torch.Tensor]]:
@@ -79,10 +79,8 @@ def load(checkpoint: str) -> tuple[ChunkPredictor, dict[str, torch.Tensor]]:
 
 def exported_policy(sess, policy: OpenVLAPolicy, width: int) -> export.ExportedPolicy:
     """The closed-loop policy of an exported OFT on an onnxruntime session whose prompts are `width` tokens wide."""
-    def tokens(instruction: str, state) -> dict:
-        return dict(zip(("input_ids", "attention_mask"), prompt_tokens(policy, [instruction], width)))
-
-    return export.ExportedPolicy(sess, policy.cfg, policy.image_keys, tokens)
+    return export.ExportedPolicy(sess, policy.cfg, policy.image_keys,
+                                 tokens=lambda instruction, state: prompt_tokens(policy, [instruction], width))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ class ChunkPredictor(nn.Module):
         return policy.normalizer.unnormalize("action", actions[..., :policy.action_dim])
 
 
-def prompt_tokens(policy: Pi0Policy, instructions: list[str], state: torch.Tensor, width: int | None = None):
-    """(input_ids, attention_mask) of the prompts, `width` wide (the exported graph's; default `max_text_tokens`)."""
+def prompt_tokens(policy: Pi0Policy, instructions: list[str], state: torch.Tensor,
+                  width: int | None = None) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of the prompts, `width` wide (the exported graph's; default `max_text_tokens`)."""
     cfg = policy.cfg
     prompts = policy.prompts(instructions, policy.normalizer.normalize(cfg.state_key, state.float()))
     width = width or cfg.max_text_tokens
@@ -53,8 +54,7 @@ def prompt_tokens(policy: Pi0Policy, instructions: list[str], state: torch.Tenso
     if longest > width:
         raise ValueError(f"a prompt of {longest} tokens does not fit the exported graph's {width}: export again "
                          f"with a longer example prompt")
-    tokens = tokenize(policy.tokenizer, prompts, width)
-    return tokens["input_ids"], tokens["attention_mask"]
+    return tokenize(policy.tokenizer, prompts, width)
 
 
 def example_inputs(policy: Pi0Policy, batch: int = 2) -> dict[str, torch.Tensor]:
@@ -62,10 +62,9 @@ def example_inputs(policy: Pi0Policy, batch: int = 2) -> dict[str, torch.Tensor]
     cfg, generator = policy.cfg, torch.Generator().manual_seed(0)
     size = cfg.demo_image_size
     state = torch.randn(batch, policy.state_dim, generator=generator)
-    ids, mask = prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, state)
     return dict(images=torch.randint(0, 256, (batch, len(cfg.cameras), size, size, 3), generator=generator,
                                      dtype=torch.uint8),
-                state=state, input_ids=ids, attention_mask=mask,
+                state=state, **prompt_tokens(policy, [export.EXAMPLE_INSTRUCTION] * batch, state),
                 noise=torch.randn(batch, cfg.horizon, cfg.max_action_dim, generator=generator))
 
 
@@ -79,8 +78,7 @@ def exported_policy(sess, policy: Pi0Policy, seed: int = 0) -> export.ExportedPo
     cfg, rng = policy.cfg, np.random.default_rng(seed)
     return export.ExportedPolicy(
         sess, cfg, policy.image_keys,
-        tokens=lambda instruction, state: dict(zip(("input_ids", "attention_mask"),
-                                                    prompt_tokens(policy, [instruction], torch.as_tensor(state)))),
+        tokens=lambda instruction, state: prompt_tokens(policy, [instruction], torch.as_tensor(state)),
         noise=lambda: rng.standard_normal((1, cfg.horizon, cfg.max_action_dim)).astype(np.float32))
 
 
