@@ -589,6 +589,37 @@ def rollout(env: HumanoidEnv, policy: Policy, task: str, seed: int, episode: int
     return {k: np.stack(v) for k, v in frames.items()}, info
 
 
+def collect_relabelled(policy: Policy, root: str | Path, tasks: tuple[str, ...], episodes_per_task: int, seed: int,
+                       image_size: int, workers: int = 1, progress: bool = True) -> EpisodeDataset:
+    """DAgger's data (Ross et al. 2011, Alg. 3.1): `policy` drives every episode and the expert labels each state it
+    visits. Written to `root` as an episode dataset (returned at once if `root` is already complete); how the learner
+    fared is kept in meta.json (info.learner_successes / info.learner_falls)."""
+    root = Path(root)
+    if (root / "meta.json").exists():
+        return EpisodeDataset(root)
+    jobs = [(task, seed, e, image_size) for task in tasks for e in range(episodes_per_task)]
+    successes = falls = 0
+    writer = EpisodeWriter(root, features(image_size), fps=CONTROL_HZ,
+                           info=dict(seed=seed, scene=SCENE_VERSION, source="learner rollouts, IK expert labels"))
+    with writer, _pool(workers, policy) as pool:
+        results = pool.imap(_relabel_job, jobs) if pool else (_relabel_job(job, policy) for job in jobs)
+        for (task, _, e, _), (frames, info) in tqdm(zip(jobs, results), total=len(jobs), desc="DAgger rollouts",
+                                                    disable=not progress):
+            successes += info["success"]
+            falls += info["fallen"]
+            writer.add_episode(frames, task=task, instruction=instruction_for(task, seed, e),
+                               success=bool(info["success"]))
+        writer.info.update(learner_successes=successes, learner_falls=falls, episodes=len(jobs))
+    return EpisodeDataset(root)
+
+
+def _relabel_job(job: tuple[str, int, int, int], policy: Policy | None = None):
+    task, seed, e, image_size = job
+    env = _env(image_size)
+    _seed_policy_randomness(seed, task, e)
+    return rollout(env, policy or _worker_policy, task, seed, e, instruction_for(task, seed, e), expert=Expert(env))
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 Policy = Callable[[dict[str, Any]], np.ndarray]
 

@@ -1,0 +1,53 @@
+"""Re-evaluate a humanoid VLA checkpoint in closed loop, with a GIF per task and the probes of what it uses.
+
+    python eval.py --checkpoint runs/humanoid_vla                        # the run's last checkpoint
+    python eval.py --checkpoint runs/humanoid_vla --video_dir runs/humanoid_vla/gifs
+    python eval.py --checkpoint runs/humanoid_vla --blank_images         # does it use its camera?
+    python eval.py --checkpoint runs/humanoid_vla --other_instruction    # does it follow the instruction?
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import tyro
+
+from common.train import rebuild_policy, resolve_checkpoint
+
+from humanoid_vla.config import HumanoidVLAConfig
+from humanoid_vla.model import HumanoidVLA
+from humanoid_vla.train import build_model, evaluate_model
+
+
+@dataclass
+class Args:
+    checkpoint: str  # a checkpoint directory, or a run directory (its last checkpoint)
+    episodes: int | None = None  # episodes per task (default: the config's eval_episodes)
+    seed: int | None = None  # evaluation run seed (default: the config's eval_seed)
+    workers: int = 2  # evaluation processes
+    video_dir: str | None = None  # write a GIF of each task's first episode here
+    blank_images: bool = False  # probe: black images
+    other_instruction: bool = False  # probe: another task's instruction
+    out_dir: str | None = None  # where eval.md / eval.json go (default: the checkpoint directory)
+
+
+def load_policy(checkpoint: str | Path) -> tuple[HumanoidVLA, HumanoidVLAConfig]:
+    """The trained policy and its config, rebuilt from a checkpoint (or run) directory alone."""
+    return rebuild_policy(checkpoint, HumanoidVLAConfig, build_model)
+
+
+def main(args: Args) -> dict:
+    model, cfg = load_policy(args.checkpoint)
+    overrides = dict(eval_workers=args.workers, video_dir=args.video_dir)
+    if args.episodes is not None:
+        overrides["eval_episodes"] = args.episodes
+    if args.seed is not None:
+        overrides["eval_seed"] = args.seed
+    cfg = replace(cfg, **overrides)
+    return evaluate_model(model, cfg, Path(args.out_dir) if args.out_dir else resolve_checkpoint(args.checkpoint),
+                          blank_images=args.blank_images, other_instruction=args.other_instruction)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__))

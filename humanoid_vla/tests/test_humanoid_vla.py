@@ -1,0 +1,132 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.data import ChunkDataset
+from common.envs.humanoid import IMAGE_KEY, N_JOINTS, collect_demos
+from common.tests import demo_cache
+from common.train import last_checkpoint, read_metrics, seed_everything
+
+from humanoid_vla import eval as vla_eval
+from humanoid_vla import train as vla_train
+from humanoid_vla.config import PRESETS
+from humanoid_vla.model import STATE_KEY, ClosedLoopPolicy, body_part_slices
+from humanoid_vla.train import build_model, demo_spec, floor_std, instruction_tokenizer, learning_rate_factor
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The smoke preset's two demos, collected once into a private cache."""
+    with demo_cache.private_cache(tmp_path_factory.mktemp("cache")) as path:
+        collect_demos(demo_spec(PRESETS["smoke"]), workers=1, progress=False)
+        yield path
+
+
+def smoke(tmp_path, name="run", **overrides):
+    return dataclasses.replace(PRESETS["smoke"], run_dir=str(tmp_path / name), **overrides)
+
+
+def _model_and_batch(cfg):
+    demos = collect_demos(demo_spec(cfg), progress=False)
+    model = build_model(cfg, floor_std(demos.stats), instruction_tokenizer(cfg))
+    data = ChunkDataset(demos, cfg.horizon, [IMAGE_KEY, STATE_KEY])
+    batch = torch.utils.data.default_collate([data[i] for i in range(0, len(data), len(data) // 16)])
+    return model, batch
+
+
+def test_body_part_tokens_cover_the_state_once():
+    parts = body_part_slices()
+    indices = sorted(i for idx in parts.values() for i in idx)
+    assert indices == list(range(2 * N_JOINTS + 6))
+    assert len(parts["legs"]) == 24 and len(parts["waist"]) == 6 and len(parts["arms"]) == 28
+
+
+@pytest.mark.parametrize("head", ["flow", "mlp"])
+def test_loss_decreases_on_a_fixed_batch(cache, tmp_path, head):
+    seed_everything(0)
+    model, batch = _model_and_batch(smoke(tmp_path, head=head, shift_augment=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        loss = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), [round(x, 3) for x in losses[::5]]
+
+
+def test_predicted_chunks_are_joint_targets_and_depend_on_the_instruction(cache, tmp_path):
+    seed_everything(0)
+    model, batch = _model_and_batch(smoke(tmp_path))
+    obs = dict(images={"front": batch[IMAGE_KEY][0].numpy()}, state=batch[STATE_KEY][0].numpy(), instruction="squat")
+    policy = ClosedLoopPolicy(model)
+    torch.manual_seed(1)
+    a = policy(obs)
+    torch.manual_seed(1)
+    b = policy(dict(obs, instruction="reach the red ball"))
+    assert a.shape == (model.cfg.n_action_steps, N_JOINTS) and np.isfinite(a).all()
+    assert not np.allclose(a, b)  # the instruction reaches the actions (same noise, other words)
+
+
+def test_std_floor_keeps_still_joints_finite():
+    stats = {"action": dict(mean=[0.0, 1.0], std=[0.0, 0.5], q01=[0, 0], q99=[0, 0])}
+    assert floor_std(stats)["action"]["std"] == [0.01, 0.5]
+
+
+def test_learning_rate_restarts_each_dagger_round():
+    cfg = dataclasses.replace(PRESETS["smoke"], steps=10, dagger_rounds=2, dagger_steps=4)
+    assert learning_rate_factor(cfg, 0) == 1.0 and learning_rate_factor(cfg, 10) == 1.0
+    assert learning_rate_factor(cfg, 5) == pytest.approx(0.5)
+    assert learning_rate_factor(cfg, 14) == 1.0 and learning_rate_factor(cfg, 18) == 0.0
+
+
+def test_train_runs_bc_then_dagger_and_evaluates(cache, tmp_path):
+    cfg = smoke(tmp_path, video_dir=str(tmp_path / "gifs"))
+    results = vla_train.train(cfg)
+    assert set(results) == set(cfg.tasks) and all(r["episodes"] == 1 for r in results.values())
+    round_1 = json.loads((tmp_path / "run" / "dagger" / "round_1" / "meta.json").read_text())
+    assert len(round_1["episodes"]) == len(cfg.tasks) * cfg.dagger_episodes_per_task
+    assert round_1["info"]["source"].startswith("learner rollouts")
+    losses = [m for m in read_metrics(cfg.run_dir) if "loss" in m]
+    assert [m["step"] for m in losses] == list(range(2, cfg.steps + cfg.dagger_steps + 1, 2))
+    assert sorted(p.name.split("_ep")[0] for p in (tmp_path / "gifs").glob("*.gif")) == sorted(cfg.tasks)
+    # eval.py rebuilds the policy from the run directory alone and scores it the same way
+    again = vla_eval.main(vla_eval.Args(checkpoint=cfg.run_dir, workers=1, out_dir=str(tmp_path / "again")))
+    assert {t: r["successes"] for t, r in again.items()} == {t: r["successes"] for t, r in results.items()}
+
+
+@pytest.mark.parametrize("die_at", [3, 6], ids=["inside BC", "at the DAgger boundary"])
+def test_resume_is_exact(cache, tmp_path, monkeypatch, die_at):
+    """A run killed right after a checkpoint and resumed ends with the losses, DAgger data and weights of an
+    uninterrupted run; killed at BC's end, the resumed run collects the DAgger round itself."""
+    straight = smoke(tmp_path, "straight", log_every=1, save_every=die_at, eval_episodes=0)
+    interrupted = dataclasses.replace(straight, run_dir=str(tmp_path / "interrupted"))
+    vla_train.train(straight)
+    save = vla_train.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vla_train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        vla_train.train(interrupted)
+    monkeypatch.undo()
+    assert last_checkpoint(interrupted.run_dir).name == f"{die_at:08d}"
+    assert not (tmp_path / "interrupted" / "dagger").exists()
+    vla_train.train(dataclasses.replace(interrupted, resume=True))
+    a, b = read_metrics(straight.run_dir), read_metrics(interrupted.run_dir)
+    assert [m["loss"] for m in a if "loss" in m] == [m["loss"] for m in b if "loss" in m]
+    wa = load_file(last_checkpoint(straight.run_dir) / "model.safetensors")
+    wb = load_file(last_checkpoint(interrupted.run_dir) / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for name in ("action.bin", "observation.state.bin"):
+        da = (tmp_path / "straight" / "dagger" / "round_1" / name).read_bytes()
+        assert da == (tmp_path / "interrupted" / "dagger" / "round_1" / name).read_bytes()
