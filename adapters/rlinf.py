@@ -91,11 +91,14 @@ class RLinfPolicy(nn.Module, BasePolicy):
                           device=device)
 
     @torch.no_grad()
-    def predict_action_batch(self, env_obs: dict, mode: str = "train", **kwargs) -> tuple[torch.Tensor, dict]:
-        """One chunk per env: sampled from the policy's RL distribution (`mode="train"`) or its mean / ODE solution
-        (`mode="eval"`). `kwargs` are RLinf's per-model sampling options, which our policies do not take."""
+    def predict_action_batch(self, env_obs: dict, mode: str = "train", do_sample: bool = True,
+                             **kwargs) -> tuple[torch.Tensor, dict]:
+        """One chunk per env: sampled from the policy's RL distribution, or its mean / ODE solution when
+        `mode="eval"` or `do_sample=False`. RLinf's rollout worker (`MultiStepRolloutWorker.predict`) passes `mode` only
+        to its own model types; ours get `rollout.sampling_params`, whose `do_sample` is False for evaluation when
+        `temperature_eval <= 0`. Its other sampling options (temperature, top_k, ...) do not apply here."""
         obs = self.observations(env_obs)
-        out = self.policy(obs, deterministic=mode == "eval")
+        out = self.policy(obs, deterministic=mode == "eval" or not do_sample)
         actions = out["action"]
         b, k, a = actions.shape
         forward_inputs = dict(rgb=obs["rgb"], proprio=obs["proprio"],

@@ -3,6 +3,9 @@
 to the rollout's, RLinf's own GAE / GRPO advantages and PPO / GRPO losses on them, and one optimizer step that moves
 the taken chunks' log-probabilities along their advantages."""
 
+import inspect
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -147,13 +150,24 @@ def test_rlinf_trains_our_policy_with_its_own_advantage_and_loss(checkpoints, me
     assert (advantages * change).sum() > 0  # the surrogate's first-order effect: up where A > 0, down where A < 0
 
 
-def test_eval_mode_is_the_policys_deterministic_chunk(checkpoints):
+def test_rlinfs_rollout_worker_evaluates_the_deterministic_chunk(checkpoints):
+    """Through RLinf's own `MultiStepRolloutWorker.predict` (its sampling parameters from `rollout.sampling_params`; the
+    Ray worker around it left out): evaluation (`temperature_eval` 0) gives the policy's deterministic chunk,
+    training samples."""
+    from rlinf.workers.rollout.hf.huggingface_worker import MultiStepRolloutWorker
     model = rlinf_model(checkpoints["oft"])
+    worker = SimpleNamespace(hf_model=model, expert_model=None, model_cfg=OmegaConf.create(dict(
+        model_type=adapter.MODEL_TYPE)), algorithm_cfg=OmegaConf.create({}), cfg=OmegaConf.create(dict(rollout=dict(
+            sampling_params=dict(do_sample=True, temperature_train=1.0, temperature_eval=0.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=1)))))
+    MultiStepRolloutWorker.setup_sample_params(worker)
     obs = env_obs(0)
-    actions, result = model.predict_action_batch(env_obs=obs, mode="eval")
     expected = model.policy(model.observations(obs), deterministic=True)["action"]
+    predict = inspect.unwrap(MultiStepRolloutWorker.predict)  # without Worker.timer, which needs the Ray worker
+    actions, result = predict(worker, obs, mode="eval")
     torch.testing.assert_close(actions, expected)
     assert result["prev_values"].shape == (ENVS, 1)
+    assert not torch.allclose(predict(worker, obs, mode="train")[0], expected)
 
 
 def test_instructions_survive_the_byte_encoding():
