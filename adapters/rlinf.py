@@ -68,6 +68,8 @@ class RLinfPolicy(nn.Module, BasePolicy):
 
     def __init__(self, policy: Policy):
         super().__init__()
+        if not hasattr(policy.cfg, "cameras"):  # the driving VLA reads a BEV raster and a route, not env_obs images
+            raise ValueError(f"{type(policy).__name__} reads no cameras: RLinf's env_obs maps onto camera policies")
         self.policy = policy
         self.num_cameras = len(policy.cfg.cameras)
 
