@@ -65,7 +65,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
 from common.metrics import wilson_interval  # noqa: E402
 
-SCENE_VERSION = 1  # part of every demo cache key; bumped when the scene, the gains or the expert change
+SCENE_VERSION = 2  # part of every demo cache key; bumped when the scene, the gains or the expert change (2: the
+#                   first frame of a new renderer is thrown away)
 IMAGE_KEY = "observation.images.front"
 CONTROL_HZ, PHYSICS_DT = 50, 0.002
 SUBSTEPS = round(1 / (CONTROL_HZ * PHYSICS_DT))
@@ -204,11 +205,6 @@ def _add_link_visuals(body: ET.Element) -> None:
         ET.SubElement(body, "geom", type="sphere", size="0.035", pos="0.08 0 0", **dict(_VISUAL, rgba=".95 .8 .6 1"))
 
 
-@lru_cache(maxsize=None)
-def _compiled() -> mujoco.MjModel:
-    return mujoco.MjModel.from_xml_string(scene_xml())
-
-
 def licence_notice() -> str:
     """The Apache-2.0 licence the G1 description is distributed under (from the wheel's metadata)."""
     from importlib.metadata import distribution
@@ -233,7 +229,7 @@ class HumanoidEnv:
     """The G1 scene with one task per episode: images, proprioception and an instruction in; joint targets out."""
 
     def __init__(self, image_size: int = 96, fast_render: bool = True, render_images: bool = True):
-        self.model = _compiled()
+        self.model = mujoco.MjModel.from_xml_string(scene_xml())  # its own: the render settings below are per env
         self.data = mujoco.MjData(self.model)
         self.image_size, self.fast_render = image_size, fast_render
         self.renderer = None
@@ -241,6 +237,12 @@ class HumanoidEnv:
             if fast_render:
                 self.model.vis.quality.offsamples = 0  # before the GL context exists
             self.renderer = mujoco.Renderer(self.model, image_size, image_size)
+            # A new context's first frame of the textured floor differs by a few levels from every later frame of
+            # the same state (MuJoCo 3.3 on Mesa's EGL); one throwaway frame makes every episode's images the same
+            # whichever process and whichever episode renders first.
+            mujoco.mj_forward(self.model, self.data)
+            self.renderer.update_scene(self.data, camera="front")
+            self.renderer.render()
         m = self.model
         self.ctrl_range = m.actuator_ctrlrange.copy()
         self.joint_qpos = np.array([m.jnt_qposadr[m.actuator_trnid[i, 0]] for i in range(m.nu)])
@@ -570,6 +572,8 @@ def rollout(env: HumanoidEnv, policy: Policy, task: str, seed: int, episode: int
     """One episode of `policy` (an action (29,) or a chunk (k, 29) per call, executed open loop). Returns its frames
     (image, state, and the action taken -- or, given `expert`, the expert's action at each visited state: DAgger's
     relabelling) and the final info (success, fallen)."""
+    if env.renderer is None:
+        raise ValueError("rollout records the camera images: build the env with render_images=True")
     obs = env.reset(task, seed, episode, instruction)
     for p in (policy, expert):
         if hasattr(p, "reset"):

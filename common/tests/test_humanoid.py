@@ -1,6 +1,7 @@
 """The embedded humanoid benchmark (common/envs/humanoid.py): the G1 scene read from the `playground` wheel, standing,
 the per-task success checks, the IK expert, reproducibility, the demo cache, DAgger relabelling and the probes."""
 
+import functools
 import xml.etree.ElementTree as ET
 
 import imageio.v3 as iio
@@ -36,8 +37,13 @@ def black_images(monkeypatch):
     monkeypatch.setattr(HumanoidEnv, "render", lambda self: np.zeros((self.image_size, self.image_size, 3), np.uint8))
 
 
+@functools.lru_cache(maxsize=None)
+def _model() -> mujoco.MjModel:
+    return mujoco.MjModel.from_xml_string(H.scene_xml())
+
+
 def home_ctrl():
-    return H._compiled().key("home").ctrl.copy()
+    return _model().key("home").ctrl.copy()
 
 
 def hold_home(obs):
@@ -49,7 +55,7 @@ def test_scene_is_built_from_the_playground_wheel():
     root = ET.fromstring(H.scene_xml())
     assert list(root.iter("mesh")) == []  # the wheel has no mesh files: every mesh asset went
     assert not [g for g in root.iter("geom") if g.get("type") == "mesh" or "mesh" in g.attrib]
-    m = H._compiled()
+    m = _model()
     assert m.nmesh == 0 and m.nu == N_JOINTS == 29
     actuators = [m.actuator(i).name for i in range(m.nu)]
     joints = [m.joint(m.actuator_trnid[i, 0]).name for i in range(m.nu)]
@@ -249,7 +255,6 @@ def test_step_before_reset_raises():
 # ------------------------------------------------------------------------------------------------ demonstrations
 def test_demos_are_deterministic_and_cached(tmp_path, monkeypatch):
     spec = DemoSpec(tasks=("squat", "reach_red_ball"), episodes_per_task=1, image_size=32)
-    H._env(32).render()  # the process's cached env has rendered once (see test_first_render_matches_later_ones)
     a = collect_demos(spec, workers=1, cache_dir=tmp_path / "a", progress=False)
     b = collect_demos(spec, workers=1, cache_dir=tmp_path / "b", progress=False)
     assert a.root != b.root and len(a.episodes) == len(b.episodes) == 2
@@ -304,11 +309,9 @@ def test_expert_relabels_the_learners_states(black_images):
     env.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG in humanoid.py: a new renderer's first frame of the checker-textured "
-                   "floor differs (here, EGL on Mesa) from every later frame of the same state, so the first episode a "
-                   "process renders is not byte-identical to the same episode rendered later; one throwaway render in "
-                   "HumanoidEnv.__init__ fixes it")
 def test_first_render_matches_later_ones():
+    """A new renderer's first frame of the textured floor differs from later ones (Mesa's EGL); the env throws it
+    away, so the first episode a process renders equals the same episode rendered later."""
     env = HumanoidEnv(image_size=32)
     first = env.reset("squat", 0, 0)["images"]["front"]
     second = env.reset("squat", 0, 0)["images"]["front"]
@@ -344,3 +347,18 @@ def test_blank_image_probe_and_gif(tmp_path):
     # every second frame (75); the GIF writer merges identical consecutive frames of the robot standing still
     assert 10 < video.shape[0] <= EPISODE_STEPS // 2 and video.shape[1:3] == (32, 32)
     assert video.std() > 10  # the video shows the real camera, not the probe's black frames
+
+
+def test_render_settings_are_per_env():
+    fast, default = HumanoidEnv(image_size=32), HumanoidEnv(image_size=32, fast_render=False)
+    assert fast.model is not default.model
+    assert fast.model.vis.quality.offsamples == 0 and default.model.vis.quality.offsamples > 0
+    fast.close()
+    default.close()
+
+
+def test_rollout_without_a_camera_is_a_clear_error():
+    env = HumanoidEnv(render_images=False)
+    with pytest.raises(ValueError, match="render_images=True"):
+        H.rollout(env, hold_home, "squat", 0, 0, "squat down")
+    env.close()
