@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from common.envs.humanoid import TASK_NAMES
+from common.envs.humanoid import TASK_NAMES, resolve_tasks
 
 
 @dataclass
@@ -50,6 +50,13 @@ class HumanoidVLAConfig:
     eval_seed: int = 1000  # episodes never seen in the demos or DAgger rounds
     eval_workers: int = 2  # evaluation processes
     video_dir: str | None = None  # write a GIF per task here
+
+    def __post_init__(self):  # a bad value is one error naming it, before any demo is collected
+        resolve_tasks(self.tasks)
+        if self.head not in ("flow", "mlp"):
+            raise ValueError(f"head must be 'flow' or 'mlp', got {self.head!r}")
+        if not 0 < self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}")
 
 
 PRESETS = {

@@ -469,6 +469,22 @@ class Expert:
         return self.configuration.q[env.joint_qpos].astype(np.float32)
 
 
+class ExpertPolicy:
+    """The expert as a policy for `evaluate` (the table's expert row): it reads the simulator of the environment its
+    process evaluates in (privileged), so it is built at the first episode, inside the evaluation process."""
+
+    def __init__(self, image_size: int):
+        self.image_size, self.expert = image_size, None
+
+    def reset(self) -> None:
+        if self.expert is None:
+            self.expert = Expert(_env(self.image_size))
+        self.expert.reset()
+
+    def __call__(self, obs: dict[str, Any]) -> np.ndarray:
+        return self.expert(obs)
+
+
 def _min_jerk(x: float) -> float:
     x = min(max(x, 0.0), 1.0)
     return x ** 3 * (10 - 15 * x + 6 * x * x)

@@ -130,3 +130,18 @@ def test_resume_is_exact(cache, tmp_path, monkeypatch, die_at):
     for name in ("action.bin", "observation.state.bin"):
         da = (tmp_path / "straight" / "dagger" / "round_1" / name).read_bytes()
         assert da == (tmp_path / "interrupted" / "dagger" / "round_1" / name).read_bytes()
+
+
+def test_table_runs_the_expert_row_and_reports_mean_and_std(tmp_path):
+    from humanoid_vla import table
+    table.run("expert", 0, ["--tasks", "squat", "--eval_episodes", "2", "--eval_workers", "1"], out=tmp_path)
+    expert = json.loads((tmp_path / "expert-s0.json").read_text())
+    assert expert["evals"]["standard"]["squat"] == dict(successes=2, falls=0, episodes=2)
+    assert expert["config"]["tasks"] == ["squat"] and expert["commit"]
+    for seed, successes in ((0, 1), (1, 2)):  # two hand-made VLA runs: 50% and 100% -> 75% ± 35%
+        evals = {probe: {"squat": dict(successes=successes if probe == "standard" else 0, falls=1, episodes=2)}
+                 for probe in table.PROBES}
+        (tmp_path / f"vla-s{seed}.json").write_text(json.dumps(dict(seed=seed, commit="abc", evals=evals)))
+    lines = table.report(["expert", "vla"], tmp_path).splitlines()
+    assert "| IK expert (privileged) | 0 | **100%** | 0.00 | — | — | 100% |" in lines
+    assert "| VLA, BC + DAgger (default) | 0,1 | **75% ± 35%** | 0.50 | 0% ± 0% | 0% ± 0% | 75% ± 35% |" in lines
