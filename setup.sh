@@ -23,8 +23,9 @@ PY=${PYTHON:-python3}
 # openpi's policy client (tests of common/serve.py); --no-deps: it declares numpy<2, yet runs on our numpy 2
 .venv/bin/pip install -q --no-deps openpi-client==0.1.2
 .venv/bin/pip install -q -r requirements/jax.txt
-# RL frameworks for adapters/ (RLinf, verl): --no-deps, since their declared requirements conflict with our pins
-# (transformers, tensordict, wandb) while the parts the adapters use run on them; see requirements/frameworks.txt
+# RL frameworks for adapters/ (RLinf, verl, EmbodiChain): --no-deps, since their declared requirements conflict
+# with our pins (transformers, tensordict, wandb) while the parts the adapters use run on them; see
+# requirements/frameworks.txt
 .venv/bin/pip install -q --no-deps -r requirements/frameworks.txt
 # The Unitree G1 description of the humanoid benchmark (common/envs/humanoid.py) is read out of MuJoCo Playground's
 # wheel (Apache-2.0 MJCF, no meshes). --no-deps: it wants mujoco >= 3.6 and JAX's MJX to run; we only read its XML.
