@@ -8,7 +8,9 @@ falls per episode, and two probes of what a policy uses (black images; another t
 
 Each run trains in its own process (`train.py` with the row's flags, the seed and a run directory under
 results/runs/, not committed), is evaluated on the standard split and the probes, and writes results/<row>-s<seed>.json: the commit,
-the full config, the seed, wall clock and per-task successes and falls. A run whose file exists is not run again.
+the full config, the seed, wall clock and per-task successes and falls. A run whose file exists is not run again; a
+run whose training was interrupted resumes from its last checkpoint, and one whose training finished is only
+evaluated.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
 
     from common.config import parse_config, to_dict
     from common.envs.humanoid import ExpertPolicy, evaluate
+    from common.train import last_checkpoint
 
     from humanoid_vla.config import PRESETS
     from humanoid_vla.eval import load_policy
     from humanoid_vla.model import ClosedLoopPolicy
-    from humanoid_vla.train import eval_config, train
+    from humanoid_vla.train import eval_config, phase_ends, train
 
     torch.set_num_threads(1)
     flags = [*(ROWS[row] or []), *extra, "--seed", str(seed), "--run_dir", str(out / "runs" / f"{row}-s{seed}")]
@@ -64,7 +67,9 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
     if ROWS[row] is None:
         policy, probes = ExpertPolicy(cfg.demo_image_size), {"standard": {}}
     else:
-        train(replace(cfg, eval_episodes=0))  # evaluated below, on every probe
+        done = last_checkpoint(cfg.run_dir)
+        if done is None or int(done.name) < phase_ends(cfg)[-1]:  # an interrupted run continues where it stopped
+            train(replace(cfg, eval_episodes=0, resume=done is not None))  # evaluated below, on every probe
         policy, probes = ClosedLoopPolicy(load_policy(cfg.run_dir)[0]), PROBES
     trained = time.time() - start
     evals = {}
