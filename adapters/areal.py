@@ -37,27 +37,12 @@ from tensordict import NonTensorStack, TensorDict
 
 from common.policy import Policy
 
+from adapters.text import decode_text, encode_text
+
 try:  # the workflow is an AReaL RolloutWorkflow where AReaL is installed (its only abstract method: arun_episode)
     from areal.api.workflow_api import RolloutWorkflow
 except ImportError:
     RolloutWorkflow = object
-
-LANGUAGE_BYTES = 256  # the instruction as zero-padded UTF-8: AReaL's micro-batching splits tensors only
-
-
-def encode_language(texts: list[str]) -> torch.Tensor:
-    out = torch.zeros(len(texts), LANGUAGE_BYTES, dtype=torch.uint8)
-    for i, text in enumerate(texts):
-        data = text.encode("utf-8")
-        if len(data) > LANGUAGE_BYTES:
-            raise ValueError(f"instruction longer than {LANGUAGE_BYTES} bytes: {text!r}")
-        out[i, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    return out
-
-
-def decode_language(data: torch.Tensor) -> list[str]:
-    return [bytes(row[row != 0].tolist()).decode("utf-8") for row in data.cpu()]
-
 
 class VLAInferenceEngine:
     """The rollout side: `agenerate(obs)` answers one chunk (the policy's `forward`, no gradients), as AReaL's
@@ -114,7 +99,7 @@ def trajectory(steps: list[tuple[TensorDict, TensorDict]], reward: float, versio
     length = len(steps) + 1
     row = dict(input_ids=torch.arange(length)[None], attention_mask=torch.ones(1, length, dtype=torch.bool),
                loss_mask=torch.ones(1, length, dtype=torch.bool), rgb=obs["rgb"], proprio=obs["proprio"],
-               language=encode_language(list(steps[0][0]["language"])), rewards=torch.tensor([float(reward)]),
+               language=encode_text(list(steps[0][0]["language"])), rewards=torch.tensor([float(reward)]),
                versions=torch.full((1, length), version))
     row["loss_mask"][:, 0] = False
     row["logprobs"] = records["log_prob"].float() * row["loss_mask"]
@@ -150,7 +135,7 @@ class VLATrainEngine:
     def _score(self, data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-prob, entropy), each (B, L): position i holds those of the chunk at position i + 1 (0 at the end)."""
         b, length = data["input_ids"].shape
-        language = [text for text in decode_language(data["language"]) for _ in range(length)]
+        language = [text for text in decode_text(data["language"]) for _ in range(length)]
         obs = TensorDict(rgb=data["rgb"].flatten(0, 1), proprio=data["proprio"].flatten(0, 1),
                          language=NonTensorStack(*language), batch_size=[b * length])
         rollout = TensorDict({key.removeprefix("rollout."): value.flatten(0, 1) for key, value in data.items()

@@ -43,24 +43,10 @@ from torch import nn
 
 from common.policy import Policy, load_policy
 
+from adapters.text import decode_text, encode_text
+
 MODEL_TYPE = "load_policy"  # actor.model.model_type / rollout.model.model_type
-LANGUAGE_BYTES = 256  # width of the stored instruction (UTF-8, zero-padded): forward_inputs must be tensors
 CAMERAS = ("main_images", "wrist_images", "extra_view_images")  # RLinf's env_obs images, our cameras in this order
-
-
-def encode_language(texts: list[str], device: torch.device) -> torch.Tensor:
-    """B instructions as a (B, LANGUAGE_BYTES) uint8 tensor."""
-    out = torch.zeros(len(texts), LANGUAGE_BYTES, dtype=torch.uint8)
-    for i, text in enumerate(texts):
-        data = text.encode("utf-8")
-        if len(data) > LANGUAGE_BYTES:
-            raise ValueError(f"instruction longer than {LANGUAGE_BYTES} bytes: {text!r}")
-        out[i, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    return out.to(device)
-
-
-def decode_language(data: torch.Tensor) -> list[str]:
-    return [bytes(row[row != 0].tolist()).decode("utf-8") for row in data.cpu()]
 
 
 class RLinfPolicy(nn.Module, BasePolicy):
@@ -104,7 +90,7 @@ class RLinfPolicy(nn.Module, BasePolicy):
         actions = out["action"]
         b, k, a = actions.shape
         forward_inputs = dict(rgb=obs["rgb"], proprio=obs["proprio"],
-                              language=encode_language(list(obs["language"]), actions.device),
+                              language=encode_text(list(obs["language"])).to(actions.device),
                               action=actions.reshape(b, -1))  # RLinf's name for the executed chunk
         forward_inputs.update({f"rollout.{name}": value for name, value in out.items()
                                if name not in ("log_prob", "value")})
@@ -121,7 +107,7 @@ class RLinfPolicy(nn.Module, BasePolicy):
         """The stored chunks re-scored under the current weights (`Policy.evaluate_actions`), with gradients.
         `kwargs`: RLinf's extras (`use_cache`, ...), unused here."""
         obs = TensorDict(rgb=forward_inputs["rgb"], proprio=forward_inputs["proprio"],
-                         language=NonTensorStack(*decode_language(forward_inputs["language"])),
+                         language=NonTensorStack(*decode_text(forward_inputs["language"])),
                          batch_size=[len(forward_inputs["rgb"])])
         b = len(forward_inputs["rgb"])
         rollout = TensorDict({name.removeprefix("rollout."): value for name, value in forward_inputs.items()

@@ -63,21 +63,9 @@ from siirl.engine.rollout.base import BaseRollout
 
 from common.policy import Policy
 
-LANGUAGE_BYTES, TASK_NAME_BYTES = 256, 50  # 50: embodied_rollout.py's `max_len` for task_file_name
+from adapters.text import LANGUAGE_BYTES, decode_text, encode_text
 
-
-def encode_text(texts: list[str], width: int) -> torch.Tensor:
-    out = torch.zeros(len(texts), width, dtype=torch.uint8)
-    for i, text in enumerate(texts):
-        data = text.encode("utf-8")
-        if len(data) > width:
-            raise ValueError(f"text longer than {width} bytes: {text!r}")
-        out[i, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
-    return out
-
-
-def decode_text(data: torch.Tensor) -> list[str]:
-    return [bytes(row[row != 0].tolist()).decode("utf-8") for row in data.cpu()]
+TASK_NAME_BYTES = 50  # 50: embodied_rollout.py's `max_len` for task_file_name
 
 
 def step_mask(finish_step: torch.Tensor, length: int) -> torch.Tensor:

@@ -91,10 +91,3 @@ def test_areal_ppo_actor_trains_our_policy(checkpoints, adapter, method):
     torch.testing.assert_close(torch.tensor(stats[0]["loss"]), -data["advantages"][mask].mean(), atol=1e-5, rtol=0)
     moved = (engine.forward(data) - old) * mask
     assert (data["advantages"] * moved).sum() > 0
-
-
-def test_areal_language_round_trip(adapter):
-    texts = ["reach the red ball", "öffne die Schublade"]
-    assert adapter.decode_language(adapter.encode_language(texts)) == texts
-    with pytest.raises(ValueError, match="longer than"):
-        adapter.encode_language(["x" * 300])

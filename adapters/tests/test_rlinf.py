@@ -168,10 +168,3 @@ def test_rlinfs_rollout_worker_evaluates_the_deterministic_chunk(checkpoints):
     torch.testing.assert_close(actions, expected)
     assert result["prev_values"].shape == (ENVS, 1)
     assert not torch.allclose(predict(worker, obs, mode="train")[0], expected)
-
-
-def test_instructions_survive_the_byte_encoding():
-    texts = ["open the drawer", "pick up the café mug", ""]
-    assert adapter.decode_language(adapter.encode_language(texts, torch.device("cpu"))) == texts
-    with pytest.raises(ValueError, match="longer than"):
-        adapter.encode_language(["x" * (adapter.LANGUAGE_BYTES + 1)], torch.device("cpu"))
