@@ -65,7 +65,8 @@ def test_rlinf_model_built_in_a_ray_worker_matches_the_driver(checkpoints, ray_s
             return self.ext, self.pid, rollout_log_probs(model_path)
 
     worker = RolloutWorker.remote()
-    ext, pid, remote = ray.get(worker.log_probs.remote(str(checkpoints["pi0"])), timeout=600)  # a loaded 2-core machine needs minutes to import torch and RLinf there
+    # up to 600 s: on a loaded 2-core machine the worker takes minutes to import torch and RLinf
+    ext, pid, remote = ray.get(worker.log_probs.remote(str(checkpoints["pi0"])), timeout=600)
     assert ext == "adapters.rlinf" and pid != os.getpid()  # another process, configured as RLinf configures it
     monkeypatch.setenv("RLINF_EXT_MODULE", "adapters.rlinf")
     local = rollout_log_probs(str(checkpoints["pi0"]))
