@@ -101,7 +101,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "reach_blue_ball": ("reach the blue ball", "touch the blue ball", "put a hand on the blue ball"),
 }
 TASK_NAMES = tuple(TASKS)
-RAISE_HEIGHT = 1.25  # m: a palm above this is above the head (the head's top is at ~1.2 m)
+RAISE_HEIGHT = 1.25  # m: a palm above this is at head height or higher (the head's centre; its top is at 1.33 m)
 LOW_HAND_HEIGHT = 1.0  # m: the other palm stays below the shoulders (~1.05 m) in one-hand tasks
 WAVE_HEIGHT, WAVE_RANGE = 1.1, 0.08  # m: a waving palm stays above the shoulder and sweeps this far sideways
 SQUAT_DROP = 0.12  # m: the pelvis lowered this much below standing
