@@ -24,6 +24,9 @@ class HumanoidVLAConfig:
     horizon: int = 10  # H: joint-target chunk length (0.2 s at 50 Hz)
     n_action_steps: int = 5  # actions of each chunk executed before predicting again
     flow_steps: int = 10  # flow head: Euler steps from noise (τ = 1) to actions (τ = 0) at inference
+    noise_temperature: float = 0.0  # flow head: the starting noise at inference is T·ε (Glow's temperature,
+    #                                 Kingma & Dhariwal 2018); 1 is π0's sampling, 0 starts every chunk from ε = 0
+    #                                 (measured in README: independent samples per chunk make the body jitter)
     vocab_size: int = 256  # BPE vocabulary trained on the instruction paraphrases
     max_text_tokens: int = 12  # instruction length in tokens (truncated/padded)
     shift_augment: int = 3  # random-shift augmentation of the image, pixels (DrQ); 0 disables
@@ -55,6 +58,8 @@ class HumanoidVLAConfig:
         resolve_tasks(self.tasks)
         if self.head not in ("flow", "mlp"):
             raise ValueError(f"head must be 'flow' or 'mlp', got {self.head!r}")
+        if self.noise_temperature < 0:
+            raise ValueError(f"noise_temperature must be >= 0, got {self.noise_temperature}")
         if not 0 < self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}")
 

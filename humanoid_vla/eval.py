@@ -23,10 +23,11 @@ from humanoid_vla.train import build_model, evaluate_model
 @dataclass
 class Args:
     checkpoint: str  # a checkpoint directory, or a run directory (its last checkpoint)
-    episodes: int | None = None  # episodes per task (default: the config's eval_episodes)
+    episodes: int | None = None  # episodes per task (default: the config's eval_episodes, or 10 if that is 0)
     seed: int | None = None  # evaluation run seed (default: the config's eval_seed)
     workers: int = 2  # evaluation processes
     video_dir: str | None = None  # write a GIF of each task's first episode here
+    noise_temperature: float | None = None  # flow head: starting-noise scale (default: the config's)
     blank_images: bool = False  # probe: black images
     other_instruction: bool = False  # probe: another task's instruction
     out_dir: str | None = None  # where eval.md / eval.json go (default: the checkpoint directory)
@@ -39,12 +40,14 @@ def load_policy(checkpoint: str | Path) -> tuple[HumanoidVLA, HumanoidVLAConfig]
 
 def main(args: Args) -> dict:
     model, cfg = load_policy(args.checkpoint)
-    overrides = dict(eval_workers=args.workers, video_dir=args.video_dir)
-    if args.episodes is not None:
-        overrides["eval_episodes"] = args.episodes
+    overrides = dict(eval_workers=args.workers, video_dir=args.video_dir,
+                     eval_episodes=args.episodes or cfg.eval_episodes or 10)  # 0: trained without evaluation
     if args.seed is not None:
         overrides["eval_seed"] = args.seed
+    if args.noise_temperature is not None:
+        overrides["noise_temperature"] = args.noise_temperature
     cfg = replace(cfg, **overrides)
+    model.cfg = cfg
     return evaluate_model(model, cfg, Path(args.out_dir) if args.out_dir else resolve_checkpoint(args.checkpoint),
                           blank_images=args.blank_images, other_instruction=args.other_instruction)
 

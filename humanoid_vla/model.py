@@ -154,12 +154,12 @@ class HumanoidVLA(nn.Module):
     @torch.no_grad()
     def predict_chunk(self, batch: dict[str, Any]) -> Tensor:
         """The joint-target chunk in radians: (B, H, 29). The flow head integrates dx/dτ = v_θ with `flow_steps`
-        Euler steps from ε ~ N(0, I) at τ = 1 to τ = 0 (noise from torch's global RNG)."""
+        Euler steps from T·ε, ε ~ N(0, I) (torch's global RNG), at τ = 1 to τ = 0; T = `noise_temperature`."""
         context, padding = self.encode(batch)
         if self.cfg.head == "mlp":
             return self.normalizer.unnormalize("action", self.regress(context, padding))
         b = context.shape[0]
-        x_t = torch.randn(b, self.cfg.horizon, N_JOINTS, device=context.device)
+        x_t = self.cfg.noise_temperature * torch.randn(b, self.cfg.horizon, N_JOINTS, device=context.device)
         dt = -1.0 / self.cfg.flow_steps
         for k in range(self.cfg.flow_steps):
             time = torch.full((b,), 1.0 + k * dt, device=context.device)

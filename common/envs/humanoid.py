@@ -656,6 +656,11 @@ class EvalConfig:
     blank_images: bool = False  # probe: every image black (does the policy use its camera?)
     other_instruction: bool = False  # probe: another task's instruction (does the policy follow language?)
 
+    def __post_init__(self):
+        resolve_tasks(self.tasks)
+        if self.episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+
 
 @dataclass
 class TaskResult:

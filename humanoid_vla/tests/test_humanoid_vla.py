@@ -75,6 +75,16 @@ def test_predicted_chunks_are_joint_targets_and_depend_on_the_instruction(cache,
     assert not np.allclose(a, b)  # the instruction reaches the actions (same noise, other words)
 
 
+def test_noise_temperature_zero_is_deterministic(cache, tmp_path):
+    seed_everything(0)
+    model, batch = _model_and_batch(smoke(tmp_path))
+    model.eval()
+    cold = [model.predict_chunk(batch) for _ in range(2)]
+    torch.testing.assert_close(cold[0], cold[1], rtol=0, atol=0)  # every chunk starts from ε = 0
+    model.cfg = dataclasses.replace(model.cfg, noise_temperature=1.0)
+    assert not torch.allclose(model.predict_chunk(batch), model.predict_chunk(batch))  # π0's sampling
+
+
 def test_std_floor_keeps_still_joints_finite():
     stats = {"action": dict(mean=[0.0, 1.0], std=[0.0, 0.5], q01=[0, 0], q99=[0, 0])}
     assert floor_std(stats)["action"]["std"] == [0.01, 0.5]
