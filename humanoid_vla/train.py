@@ -43,6 +43,11 @@ def floor_std(stats: dict, floor: float = 1e-2) -> dict:
 
 def build_model(cfg: HumanoidVLAConfig, stats: dict, tokenizer_json: str, state_dim: int = STATE_DIM,
                 action_dim: int = N_JOINTS) -> HumanoidVLA:
+    """The policy from its config, statistics and tokenizer (`common.train.rebuild_policy`'s builder signature; the
+    sizes are the G1's, fixed by the benchmark)."""
+    if (state_dim, action_dim) != (STATE_DIM, N_JOINTS):
+        raise ValueError(f"the G1 policy reads {STATE_DIM}-D states and writes {N_JOINTS} joint targets, "
+                         f"got {state_dim} and {action_dim}")
     return HumanoidVLA(cfg, stats, tokenizer_from_json(tokenizer_json))
 
 
