@@ -247,8 +247,7 @@ class HumanoidEnv:
         self.ctrl_range = m.actuator_ctrlrange.copy()
         self.joint_qpos = np.array([m.jnt_qposadr[m.actuator_trnid[i, 0]] for i in range(m.nu)])
         self.joint_dof = np.array([m.jnt_dofadr[m.actuator_trnid[i, 0]] for i in range(m.nu)])
-        self.home = m.key("home").qpos.copy()
-        self.site = {s: m.site(s).id for s in ("left_palm", "right_palm", "left_foot", "right_foot")}
+        self.site = {s: m.site(s).id for s in ("left_palm", "right_palm")}
         self.gyro = m.sensor("gyro_pelvis")
         self.goal: Goal | None = None
         self.instruction = ""
@@ -423,19 +422,17 @@ class Expert:
         self.palms = {s: mink.FrameTask(s, "site", position_cost=5.0, orientation_cost=0.0)
                       for s in ("left_palm", "right_palm")}
         self.posture = mink.PostureTask(m, cost=0.3)
+        self.posture.set_target(m.key("home").qpos)
         self.limits = [mink.ConfigurationLimit(m)]
         self._start: dict[str, Any] | None = None
 
     def reset(self) -> None:
         """Remember where this episode began (call after `env.reset`): the feet stay there."""
-        d, m = self.env.data, self.env.model
-        self.configuration.update(d.qpos.copy())
+        self.configuration.update(self.env.data.qpos.copy())
         self._start = dict(feet={s: self.configuration.get_transform_frame_to_world(s, "site") for s in self.feet},
-                           palms=self.env.palms().copy(), yaw=0.0)
+                           palms=self.env.palms().copy())
         for site, task in self.feet.items():
             task.set_target(self._start["feet"][site])
-        home = m.key("home").qpos.copy()
-        self.posture.set_target(home)
 
     def __call__(self, obs: dict[str, Any] | None = None) -> np.ndarray:
         """The joint targets for the env's current state (the observation is not needed: the expert is privileged)."""
