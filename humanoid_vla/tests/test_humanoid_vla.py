@@ -4,18 +4,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from common.data import ChunkDataset
 from common.envs.humanoid import IMAGE_KEY, N_JOINTS, collect_demos
-from common.tests import demo_cache
-from common.train import last_checkpoint, read_metrics, seed_everything
+from common.tests import demo_cache, resume
+from common.train import read_metrics, seed_everything
 
 from humanoid_vla import eval as vla_eval
 from humanoid_vla import train as vla_train
 from humanoid_vla.config import PRESETS
 from humanoid_vla.model import STATE_KEY, ClosedLoopPolicy, body_part_slices
-from humanoid_vla.train import build_model, demo_spec, floor_std, instruction_tokenizer, learning_rate_factor
+from humanoid_vla.train import (build_model, demo_spec, floor_std, instruction_tokenizer, learning_rate_factor,
+                                phase_ends)
 
 torch.set_num_threads(1)
 
@@ -118,25 +118,12 @@ def test_resume_is_exact(cache, tmp_path, monkeypatch, die_at):
     uninterrupted run; killed at BC's end, the resumed run collects the DAgger round itself."""
     straight = smoke(tmp_path, "straight", log_every=1, save_every=die_at, eval_episodes=0)
     interrupted = dataclasses.replace(straight, run_dir=str(tmp_path / "interrupted"))
-    vla_train.train(straight)
-    save = vla_train.save_checkpoint
 
-    def save_then_die(*args, **kwargs):
-        save(*args, **kwargs)
-        raise KeyboardInterrupt
+    def no_dagger_data_yet():
+        assert not (tmp_path / "interrupted" / "dagger").exists()
 
-    monkeypatch.setattr(vla_train, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        vla_train.train(interrupted)
-    monkeypatch.undo()
-    assert last_checkpoint(interrupted.run_dir).name == f"{die_at:08d}"
-    assert not (tmp_path / "interrupted" / "dagger").exists()
-    vla_train.train(dataclasses.replace(interrupted, resume=True))
-    a, b = read_metrics(straight.run_dir), read_metrics(interrupted.run_dir)
-    assert [m["loss"] for m in a if "loss" in m] == [m["loss"] for m in b if "loss" in m]
-    wa = load_file(last_checkpoint(straight.run_dir) / "model.safetensors")
-    wb = load_file(last_checkpoint(interrupted.run_dir) / "model.safetensors")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    resume.assert_resume_is_exact(vla_train, straight, interrupted, monkeypatch, steps=phase_ends(straight)[-1],
+                                  when_interrupted=no_dagger_data_yet)
     for name in ("action.bin", "observation.state.bin"):
         da = (tmp_path / "straight" / "dagger" / "round_1" / name).read_bytes()
         assert da == (tmp_path / "interrupted" / "dagger" / "round_1" / name).read_bytes()
