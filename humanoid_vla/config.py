@@ -27,6 +27,10 @@ class HumanoidVLAConfig:
     noise_temperature: float = 0.0  # flow head: the starting noise at inference is T·ε (Glow's temperature,
     #                                 Kingma & Dhariwal 2018); 1 is π0's sampling, 0 starts every chunk from ε = 0
     #                                 (measured in README: independent samples per chunk make the body jitter)
+    temporal_ensemble: float | None = None  # ACT's temporal ensembling (Zhao et al. 2023, Sec. 3.3): predict a
+    #                                 chunk every step and execute the weighted mean of every chunk's prediction for
+    #                                 that step, weights exp(-m·i), i = 0 the oldest; this is m. None: execute
+    #                                 n_action_steps of each chunk open loop
     vocab_size: int = 256  # BPE vocabulary trained on the instruction paraphrases
     max_text_tokens: int = 12  # instruction length in tokens (truncated/padded)
     shift_augment: int = 3  # random-shift augmentation of the image, pixels (DrQ); 0 disables
@@ -60,6 +64,8 @@ class HumanoidVLAConfig:
             raise ValueError(f"head must be 'flow' or 'mlp', got {self.head!r}")
         if self.noise_temperature < 0:
             raise ValueError(f"noise_temperature must be >= 0, got {self.noise_temperature}")
+        if self.temporal_ensemble is not None and self.temporal_ensemble < 0:
+            raise ValueError(f"temporal_ensemble (ACT's m) must be >= 0 or None, got {self.temporal_ensemble}")
         if not 0 < self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}")
 

@@ -4,6 +4,7 @@
     python eval.py --checkpoint runs/humanoid_vla --video_dir runs/humanoid_vla/gifs
     python eval.py --checkpoint runs/humanoid_vla --blank_images         # does it use its camera?
     python eval.py --checkpoint runs/humanoid_vla --other_instruction    # does it follow the instruction?
+    python eval.py --checkpoint runs/humanoid_vla --temporal_ensemble 0.01   # ACT's temporal ensembling
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Args:
     workers: int = 2  # evaluation processes
     video_dir: str | None = None  # write a GIF of each task's first episode here
     noise_temperature: float | None = None  # flow head: starting-noise scale (default: the config's)
+    temporal_ensemble: float | None = None  # ACT's temporal ensembling with this m, a chunk every step (default:
+    #                                         the config's)
     blank_images: bool = False  # probe: black images
     other_instruction: bool = False  # probe: another task's instruction
     out_dir: str | None = None  # where eval.md / eval.json go (default: the checkpoint directory)
@@ -44,8 +47,9 @@ def main(args: Args) -> dict:
                      eval_episodes=args.episodes or cfg.eval_episodes or 10)  # 0: trained without evaluation
     if args.seed is not None:
         overrides["eval_seed"] = args.seed
-    if args.noise_temperature is not None:
-        overrides["noise_temperature"] = args.noise_temperature
+    for name in ("noise_temperature", "temporal_ensemble"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     cfg = replace(cfg, **overrides)
     model.cfg = cfg
     return evaluate_model(model, cfg, Path(args.out_dir) if args.out_dir else resolve_checkpoint(args.checkpoint),

@@ -169,14 +169,31 @@ class HumanoidVLA(nn.Module):
 
 class ClosedLoopPolicy:
     """The closed-loop interface of `common.envs.humanoid.evaluate`: observation -> the next `n_action_steps` joint
-    targets of a predicted chunk (executed open loop)."""
+    targets of a predicted chunk (executed open loop), or, with `temporal_ensemble` = m set, one joint target per
+    step: ACT's temporal ensembling (Zhao et al. 2023, Sec. 3.3), a chunk predicted every step and the executed
+    target the mean of every overlapping chunk's prediction for this step, weighted exp(-m·i), i = 0 the oldest."""
 
     def __init__(self, model: HumanoidVLA):
         self.model = model.eval()
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode: forget the chunks of the last one."""
+        self.step = 0
+        self.chunks: list[tuple[int, np.ndarray]] = []  # (the step it was predicted at, its H targets)
 
     @torch.no_grad()
     def __call__(self, obs: dict[str, Any]) -> np.ndarray:
         device = self.model.pixel_mean.device
         batch = {IMAGE_KEY: torch.as_tensor(obs["images"]["front"])[None].to(device),
                  STATE_KEY: torch.as_tensor(obs["state"])[None].to(device), "instruction": [obs["instruction"]]}
-        return self.model.predict_chunk(batch)[0, : self.model.cfg.n_action_steps].cpu().numpy()
+        chunk = self.model.predict_chunk(batch)[0].cpu().numpy()
+        m = self.model.cfg.temporal_ensemble
+        if m is None:
+            return chunk[: self.model.cfg.n_action_steps]
+        horizon = len(chunk)
+        self.chunks = [(t, c) for t, c in self.chunks if self.step - t < horizon] + [(self.step, chunk)]
+        predictions = np.stack([c[self.step - t] for t, c in self.chunks])  # oldest first
+        weights = np.exp(-m * np.arange(len(predictions)))
+        self.step += 1
+        return (weights @ predictions / weights.sum())[None]

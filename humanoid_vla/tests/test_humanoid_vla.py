@@ -85,6 +85,41 @@ def test_noise_temperature_zero_is_deterministic(cache, tmp_path):
     assert not torch.allclose(model.predict_chunk(batch), model.predict_chunk(batch))  # π0's sampling
 
 
+class _NumberedChunks(torch.nn.Module):
+    """A stand-in model whose k-th chunk holds 100·k + h at step h of every joint: each target says where it came from."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, self.calls = cfg, 0
+        self.register_buffer("pixel_mean", torch.zeros(3, 1, 1))
+
+    def predict_chunk(self, batch):
+        chunk = 100.0 * self.calls + torch.arange(self.cfg.horizon, dtype=torch.float32)
+        self.calls += 1
+        return chunk[None, :, None].expand(1, -1, N_JOINTS)
+
+
+def test_temporal_ensembling_averages_every_overlapping_chunk():
+    obs = dict(images={"front": np.zeros((3, 8, 8), np.uint8)}, state=np.zeros(2 * N_JOINTS + 6, np.float32),
+               instruction="squat")
+    cfg = dataclasses.replace(PRESETS["smoke"], horizon=4, n_action_steps=2)
+    assert ClosedLoopPolicy(_NumberedChunks(cfg))(obs).shape == (2, N_JOINTS)  # off: a chunk's first 2, open loop
+    m = 0.5
+    policy = ClosedLoopPolicy(_NumberedChunks(dataclasses.replace(cfg, temporal_ensemble=m)))
+    executed = [policy(obs) for _ in range(6)]
+    assert all(a.shape == (1, N_JOINTS) for a in executed)
+    # step 2 sees chunks 0, 1, 2 (oldest first): their targets for step 2 are 2, 101, 200
+    w = np.exp(-m * np.arange(3))
+    assert executed[2][0, 0] == pytest.approx(w @ [2, 101, 200] / w.sum())
+    # step 5: chunk 1 (predicted at step 1) has run out after its 4 steps; chunks 2..5 remain
+    w = np.exp(-m * np.arange(4))
+    assert executed[5][0, 0] == pytest.approx(w @ [203, 302, 401, 500] / w.sum())
+    policy.reset()  # a new episode starts from its own first chunk alone
+    assert policy(obs)[0, 0] == pytest.approx(600.0)
+    with pytest.raises(ValueError, match="temporal_ensemble"):
+        dataclasses.replace(cfg, temporal_ensemble=-1.0)
+
+
 def test_std_floor_keeps_still_joints_finite():
     stats = {"action": dict(mean=[0.0, 1.0], std=[0.0, 0.5], q01=[0, 0], q99=[0, 0])}
     assert floor_std(stats)["action"]["std"] == [0.01, 0.5]
