@@ -3,7 +3,9 @@
 Reading order: `train_step` (one update of all three networks, in the paper's order), then `world_model_loss`
 (Eq. 4–5), `imagine`, `lambda_returns` (Eq. 7), `ReturnNorm` (Eq. 8), `actor_loss` (Eq. 6/8) and `critic_loss`
 (Eq. 10 with the slow-critic regulariser). Written by reading danijar/dreamerv3 @84ecf19 side
-by side (`agent.py`, `behaviors.py`, `jaxutils.py`); no test compares outputs with it.
+by side (`agent.py`, `behaviors.py`, `jaxutils.py`); `kl_losses`, `lambda_returns` and `update_return_norm` are
+checked against danijar/dreamerv3's own functions at e3f0224 on fixed inputs (`tests/test_official_parity.py`); no
+test compares the rest's outputs with it.
 
 Data layout: batch-major arrays (B, T, ...) with `image` uint8, `action` (the action taken *after* observing step
 t), `reward` (received on arriving at step t), `is_first`, `is_terminal`.

@@ -4,7 +4,10 @@ Everything here is a pure function of explicit parameters and PRNG keys: `agent.
 with `jax.lax.scan`, so the time loops stay visible and the whole update is one `jax.jit`.
 
 Written by reading the official code at the paper's version side by side (danijar/dreamerv3 @84ecf19, `nets.py`,
-`jaxutils.py`; no test compares outputs with it, the tests check these properties):
+`jaxutils.py`). `symlog`, `symexp`, the two-hot functions, `unimix_logits` and `categorical_kl` (within the KL
+terms) are checked against danijar/dreamerv3's own functions at e3f0224 on fixed inputs
+(`tests/test_official_parity.py`; its `outs.TwoHot` set to these bins: HEAD's head, in raw space, differs as the
+README says); for the rest no test compares outputs with it, the tests check these properties:
 - every hidden layer is Dense (no bias) → LayerNorm (ε = 1e-3) → SiLU, initialised with a truncated normal of
   variance 1/fan_avg; output layers are uniform with variance `outscale`/fan_avg and a bias; the reward and critic
   outputs start at zero (outscale 0), so their first predictions are exactly 0;
