@@ -30,12 +30,25 @@ expose. Entropy likewise is the chunk's: use `algorithm.entropy_type=chunk_level
 forward_inputs (what the rollout stores and the actor feeds back to `default_forward`) hold tensors only, as RLinf
 stacks and shuffles them: the observation (`rgb`, `proprio`, the instruction as fixed-width UTF-8 bytes) and every
 tensor of the policy's rollout TensorDict under `rollout.<name>` (its sample, a flow policy's denoising step, ...).
+
+Our environments: `register()` also makes `env.train.env_type` / `env.eval.env_type` = "embodied_models_metaworld"
+(ENV_TYPE) our Meta-World (adapters/rlinf_envs.py). RLinf's env types are a closed enum (rlinf/envs/__init__.py
+`SupportedEnvType`) that three functions check, each imported by name where it is used; `register()` replaces those
+names with the functions below, which answer for ENV_TYPE and hand every other type to RLinf's own:
+    rlinf.workers.env.env_worker.get_env_cls       the class the env worker builds (env_worker.py:182, 194)
+    rlinf.workers.env.env_worker.prepare_actions   its action conversion (env_worker.py:396, 469): ours as `metaworld`
+    rlinf.config.validate_embodied_cfg             the driver's config check (config.py:1009-1016): ours as `metaworld`
+RLinf imports RLINF_EXT_MODULE in its workers only (rlinf/scheduler/worker/worker.py:387), so a driver script calls
+`adapters.rlinf.register()` itself before `validate_cfg` (which also looks up the model type).
 """
 
 from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
+from rlinf.config import validate_embodied_cfg as rlinf_validate_embodied_cfg
+from rlinf.envs import get_env_cls as rlinf_get_env_cls
+from rlinf.envs.action_utils import prepare_actions as rlinf_prepare_actions
 from rlinf.models import register_model
 from rlinf.models.embodiment.base_policy import BasePolicy, ForwardType
 from tensordict import NonTensorStack, TensorDict
@@ -46,6 +59,7 @@ from common.policy import Policy, load_policy
 from adapters.text import decode_text, encode_text
 
 MODEL_TYPE = "load_policy"  # actor.model.model_type / rollout.model.model_type
+ENV_TYPE = "embodied_models_metaworld"  # env.train.env_type / env.eval.env_type: adapters/rlinf_envs.py
 CAMERAS = ("main_images", "wrist_images", "extra_view_images")  # RLinf's env_obs images, our cameras in this order
 
 
@@ -132,6 +146,38 @@ def build(cfg: DictConfig, torch_dtype: torch.dtype | None) -> RLinfPolicy:
     return RLinfPolicy(load_policy(cfg.model_path))
 
 
+def get_env_cls(env_type: str, env_cfg=None) -> type:
+    """RLinf's env class lookup, plus ENV_TYPE (imported here: only env workers need MuJoCo)."""
+    if env_type == ENV_TYPE:
+        from adapters.rlinf_envs import RLinfMetaWorldEnv
+        return RLinfMetaWorldEnv
+    return rlinf_get_env_cls(env_type, env_cfg)
+
+
+def prepare_actions(raw_chunk_actions, env_type: str, *args, **kwargs):
+    """RLinf's conversion of a model's chunk into env actions, ENV_TYPE converted as RLinf's `metaworld` (to numpy;
+    an OpenVLA model's 7-D actions cut to Meta-World's 4)."""
+    return rlinf_prepare_actions(raw_chunk_actions, "metaworld" if env_type == ENV_TYPE else env_type, *args, **kwargs)
+
+
+def validate_embodied_cfg(cfg: DictConfig) -> DictConfig:
+    """RLinf's embodied config check, with ENV_TYPE checked as `metaworld` (it only asks the enum for the type)."""
+    ours = [split for split in ("train", "eval")
+            if cfg.env.get(split) is not None and cfg.env[split].env_type == ENV_TYPE]
+    for split in ours:
+        cfg.env[split].env_type = "metaworld"
+    try:
+        return rlinf_validate_embodied_cfg(cfg)
+    finally:
+        for split in ours:
+            cfg.env[split].env_type = ENV_TYPE
+
+
 def register(model_type: str = MODEL_TYPE) -> None:
-    """What `RLINF_EXT_MODULE=adapters.rlinf` runs in every RLinf worker (force: a worker may import it twice)."""
+    """What `RLINF_EXT_MODULE=adapters.rlinf` runs in every RLinf worker (force: a worker may import it twice): our
+    model type, and ENV_TYPE where RLinf looks env types up (the module docstring)."""
+    import rlinf.config
+    from rlinf.workers.env import env_worker
     register_model(model_type, build, category="embodied", force=True)
+    env_worker.get_env_cls, env_worker.prepare_actions = get_env_cls, prepare_actions
+    rlinf.config.validate_embodied_cfg = validate_embodied_cfg
