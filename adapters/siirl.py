@@ -24,6 +24,10 @@ row an episode, scalars as `NonTensorData`), around a `common.policy.Policy`:
                                                    `core_algos.compute_policy_loss_vanilla` on each (verl's), one
                                                    clipped optimizer step per minibatch; returns lists of metrics
 
+`PolicyActorRolloutRefWorker` is siiRL's FSDP worker (`fsdp_workers.py` `ActorRolloutRefWorker`) building these two
+where siiRL builds OpenVLA's (`init_model`, `_build_rollout`), on siiRL's LIBERO env adapter read through
+`libero_obs_to_input`; siiRL's DAG worker drives it unchanged once it stands in the role -> worker mapping.
+
 The layout, one position per chunk (siiRL's is one position per action token, `action_token_len` tokens per env
 step, `action_chunks_len` env steps per decision): set `embodied.action_token_len = 1` and
 `embodied.action_chunks_len = 1` (the worker copies them into the actor's config), so `finish_step`, the response
@@ -52,16 +56,24 @@ read and unused) and no KL loss. Not reproduced: the VJEPA video embedding the r
 from __future__ import annotations
 
 import math
+from functools import partial
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from tensordict import NonTensorStack, TensorDict
 from siirl.dag_worker import core_algos
 from siirl.engine.actor.base import BasePPOActor
+from siirl.engine.fsdp_workers import ActorRolloutRefWorker
 from siirl.engine.rollout.base import BaseRollout
+from siirl.execution.scheduler.enums import Role
+from siirl.utils.extras.device import get_device_id
+from siirl.utils.model_utils.flops_counter import FlopsCounter
 
-from common.policy import Policy
+from common.policy import Policy, load_policy
+from common.train import load_pretrained, read_config, resolve_checkpoint, save_pretrained
 
 from adapters.text import LANGUAGE_BYTES, decode_text, encode_text
 
@@ -73,6 +85,19 @@ def step_mask(finish_step: torch.Tensor, length: int) -> torch.Tensor:
     return torch.arange(length, device=finish_step.device)[None] < finish_step[:, None]
 
 
+def _group_size(group: Any) -> int:
+    return torch.distributed.get_world_size(group) if torch.distributed.is_initialized() else 1
+
+
+def average_gradients(module: torch.nn.Module, group: Any = None) -> None:
+    """Each gradient averaged over the ranks of `group` (what DDP does during backward)."""
+    if _group_size(group) > 1:
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad, group=group)
+                p.grad /= _group_size(group)
+
+
 class EmbodiedRollout(BaseRollout):
     """Drop-in for siiRL's `EmbodiedHFRollout`. `adapter` has LIBEROAdapter's protocol
     (`siirl/environment/embodied/adapters/libero.py`): `_blocking_reset(task_ids, trial_ids)` and
@@ -82,7 +107,8 @@ class EmbodiedRollout(BaseRollout):
 
     def __init__(self, policy: Policy, adapter: Any, num_envs: int, max_steps: int,
                  obs_to_input: Callable[[Any], dict[str, Any]] | None = None, device: str | torch.device = "cpu"):
-        self.policy, self.adapter, self.num_workers, self.max_steps = policy, adapter, num_envs, max_steps
+        # `model`: siiRL's name, which its DAG worker sets to the actor's module (dag_utils.py setup_sharding_manager)
+        self.model, self.adapter, self.num_workers, self.max_steps = policy, adapter, num_envs, max_steps
         self.obs_to_input = obs_to_input or (lambda obs: obs)
         self.device = torch.device(device)
 
@@ -102,8 +128,8 @@ class EmbodiedRollout(BaseRollout):
 
     @torch.no_grad()
     def _generate_chunk_rollout(self, prompts: TensorDict) -> TensorDict:
-        was_training = getattr(self.policy, "training", False)
-        self.policy.eval()
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
         deterministic = not (prompts["do_sample"] if "do_sample" in prompts.keys() else True)
         size = prompts.batch_size[0]
         init = self.adapter._blocking_reset(task_ids=prompts["task_id"].reshape(-1).tolist(),
@@ -115,7 +141,7 @@ class EmbodiedRollout(BaseRollout):
         history, step, chunk_len = [], 0, 1
         while step < self.max_steps:  # as siiRL: every env is scored every step, the mask drops the finished
             obs = self._observation(inputs, texts)
-            out = self.policy(obs, deterministic=deterministic)
+            out = self.model(obs, deterministic=deterministic)
             history.append((obs, out))
             chunk_len = out["action"].shape[1]
             active = [i for i, r in enumerate(records) if r["active"]]
@@ -125,7 +151,7 @@ class EmbodiedRollout(BaseRollout):
                 records[i].update(active=results[i]["active"], complete=results[i]["complete"],
                                   finish_step=results[i]["finish_step"])
             step += chunk_len
-        self.policy.train(was_training)
+        self.model.train(was_training)
 
         length = len(history)
         finish = torch.tensor([math.ceil(r["finish_step"] / chunk_len) for r in records], dtype=torch.int64)
@@ -152,13 +178,14 @@ class EmbodiedActor(BasePPOActor):
     reads)."""
 
     def __init__(self, config: Any, actor_module: Policy, actor_optimizer: torch.optim.Optimizer | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", process_group: Any = None):
         super().__init__(config)
         if config.action_token_len != 1 or config.action_chunks_len != 1:
             raise ValueError("one position per chunk: set embodied.action_token_len = embodied.action_chunks_len = 1"
                              f" (got {config.action_token_len}, {config.action_chunks_len})")
         self.actor_module, self.actor_optimizer = actor_module, actor_optimizer
         self.device = torch.device(device)
+        self.process_group = process_group  # data parallel over it: gradients averaged before each step
 
     def _forward_micro_batch(self, micro_batch: TensorDict, steps: slice = slice(None)
                              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +226,8 @@ class EmbodiedActor(BasePPOActor):
 
     def _optimizer_step(self) -> torch.Tensor:
         assert self.config.grad_clip is not None
+        if not hasattr(self.actor_module, "clip_grad_norm_"):  # an unsharded policy on each rank: DDP's averaging
+            average_gradients(self.actor_module, self.process_group)
         if hasattr(self.actor_module, "clip_grad_norm_"):  # FSDP
             grad_norm = self.actor_module.clip_grad_norm_(max_norm=self.config.grad_clip)
         else:
@@ -246,3 +275,135 @@ class EmbodiedActor(BasePPOActor):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         return metrics
+
+
+# ---------------------------------------------------------------------------------------------- the worker swap
+LIBERO_IMAGES = ("agentview_image", "robot0_eye_in_hand_image")  # a policy's cameras 0 and 1, as siiRL's
+#                                                                   _obs_to_input reads "full_image" / "wrist_image"
+NO_TOKENIZER = SimpleNamespace(eos_token_id=None, pad_token_id=None)  # the ids siiRL's worker puts into each batch;
+#                                                                       an action-chunk rollout has no tokens
+
+
+def libero_obs_to_input(obs: dict[str, Any], num_cameras: int, image_size: int) -> dict[str, Any]:
+    """A LIBERO (robosuite) observation as our policy reads it, as siiRL's `EmbodiedHFRollout._obs_to_input` reads
+    it (embodied_rollout.py:652-676, siirl/utils/embodied/libero_utils.py): the agent-view image (and the wrist
+    camera's for a second camera) turned 180 degrees and resized to the policy's `image_size` (bilinear here; siiRL
+    round-trips through JPEG and resizes with lanczos3 in TensorFlow, as OpenVLA's RLDS loader did), and the 8-D
+    state: end-effector position, its orientation as an axis-angle, the two gripper joints."""
+    if num_cameras > len(LIBERO_IMAGES):
+        raise ValueError(f"LIBERO renders {len(LIBERO_IMAGES)} cameras {LIBERO_IMAGES}; the policy reads {num_cameras}")
+    images = []
+    for key in LIBERO_IMAGES[:num_cameras]:
+        image = Image.fromarray(np.ascontiguousarray(obs[key][::-1, ::-1]))
+        images.append(np.asarray(image.resize((image_size, image_size), Image.BILINEAR)))
+    quat = np.asarray(obs["robot0_eef_quat"], dtype=np.float64)  # (x, y, z, w); robosuite's quat2axisangle
+    w = np.clip(quat[3], -1.0, 1.0)
+    den = np.sqrt(1.0 - w * w)
+    axis_angle = np.zeros(3) if math.isclose(den, 0.0) else quat[:3] * 2.0 * math.acos(w) / den
+    state = np.concatenate([obs["robot0_eef_pos"], axis_angle, obs["robot0_gripper_qpos"]]).astype(np.float32)
+    return {"rgb": np.stack(images), "proprio": state}
+
+
+class PolicyActorRolloutRefWorker(ActorRolloutRefWorker):
+    """siiRL's FSDP worker (siirl/engine/fsdp_workers.py `ActorRolloutRefWorker`) with our policy where it builds
+    OpenVLA: `init_model` loads `model.path` through `load_policy` and builds `EmbodiedActor` (actor and reference)
+    with siiRL's own AdamW and LR schedule; `_build_rollout` builds `EmbodiedRollout` on siiRL's LIBERO env adapter,
+    reading its observations with `libero_obs_to_input` at the checkpoint's cameras and image size. Its
+    `generate_sequences`, `compute_log_prob`, `compute_ref_log_prob` and `update_actor` are siiRL's, unchanged.
+
+    The name keeps "ActorRolloutRefWorker": siiRL's DAG worker passes `role` only to classes so named
+    (dagworker.py `_initialize_node_workers`). `use_policy_worker()` puts it in the DAG worker's role -> worker
+    mapping; the run's config: `model.model_type: embodied`, `model.path`: a `load_policy` checkpoint,
+    `rollout.name: hf`, `embodied.action_token_len = embodied.action_chunks_len = 1`.
+    Several ranks: each holds the whole policy (not FSDP-sharded: our actor and rollout call the policy's own methods,
+    which would bypass FSDP's gathering `forward`), all built alike (`_load_policy`), and the actor averages the
+    gradients over the worker's process group before every step, as DDP does. Not adapted: LoRA, parameter /
+    optimizer offloading, Megatron."""
+
+    def __init__(self, config: Any, role: str, process_group: Any):
+        super().__init__(config, role, process_group)
+        self.process_group = process_group
+
+    def _load_policy(self) -> Policy:
+        """The checkpoint's policy, the same on every rank and in every role: the value head a policy adds to an
+        imitation checkpoint starts from seed 0 (FSDP's `sync_module_states` gives siiRL's ranks rank 0's weights)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return load_policy(self.config.model.path).to(get_device_id())
+
+    def init_model(self):
+        """fsdp_workers.py `init_model` with our policy: actor, rollout and reference in the order siiRL builds
+        them, the embodied layout copied into the actor's and reference's configs as siiRL copies it."""
+        cfg = self.config
+        if self._is_offload_param or self._is_offload_optimizer or cfg.model.lora_rank > 0:
+            raise ValueError("parameter / optimizer offloading and LoRA are not adapted to our policies")
+        self.tokenizer, self.processor = NO_TOKENIZER, None
+        self.flops_counter = FlopsCounter(SimpleNamespace(model_type="load_policy"))  # an unknown type: MFU 0
+        if self._is_actor:
+            self.actor_module_fsdp = self.actor_module = self._load_policy()
+            self.actor_optimizer, self.actor_lr_scheduler = self._create_optimizer_and_scheduler(
+                model=self.actor_module, optim_config=cfg.actor.optim, role=Role.Actor)
+            self._copy_embodied_layout(cfg.actor)
+            self.actor = EmbodiedActor(cfg.actor, self.actor_module, self.actor_optimizer, device=get_device_id(),
+                                       process_group=self.process_group)
+        if self._is_rollout:
+            self.rollout, self.rollout_sharding_manager = self._build_rollout()
+        if self._is_ref:
+            self._copy_embodied_layout(cfg.ref)
+            self.ref_module_fsdp = self._load_policy()
+            self.ref_policy = EmbodiedActor(cfg.ref, self.ref_module_fsdp, device=get_device_id())
+
+    def _copy_embodied_layout(self, role_config: Any) -> None:
+        embodied = self.config.embodied
+        role_config.embodied_type = embodied.embodied_type
+        role_config.action_token_len = embodied.action_token_len
+        role_config.action_chunks_len = embodied.action_chunks_len
+
+    def _build_rollout(self, trust_remote_code: bool = False):
+        """fsdp_workers.py `_build_rollout`'s hf / embodied branch with our rollout; the env adapter built as
+        `EmbodiedHFRollout.__init__` builds it (embodied_rollout.py:163-173). Its model is the actor's module where
+        this worker has one; siiRL's DAG worker sets it again in `setup_sharding_manager` (dag_utils.py)."""
+        from siirl.environment.embodied import LIBEROAdapter  # here: only rollout workers need LIBERO
+        env, rank = self.config.embodied.env, torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.generation_config = None
+        adapter = LIBEROAdapter(env_name=env.env_name, num_envs=env.num_envs, max_steps=env.max_steps,
+                                num_steps_wait=env.num_steps_wait, model_family=env.model_family,
+                                gpu_ids=[rank % self.config.embodied.n_gpus_per_node])
+        trained = read_config(resolve_checkpoint(self.config.model.path))["config"]
+        obs_to_input = partial(libero_obs_to_input, num_cameras=len(trained["cameras"]),
+                               image_size=trained["demo_image_size"])
+        rollout = EmbodiedRollout(getattr(self, "actor_module_fsdp", None), adapter, num_envs=env.num_envs,
+                                  max_steps=env.max_steps, obs_to_input=obs_to_input, device=get_device_id())
+        return rollout, None
+
+    def save_checkpoint(self, local_path, hdfs_path=None, global_step=0, max_ckpt_to_keep=None):
+        """The actor's policy as a `load_policy` checkpoint in `local_path` (siiRL's FSDPCheckpointManager writes
+        HF models): its weights and the config.json it was loaded with; no optimizer state, no HDFS copy."""
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            save_pretrained(self.actor_module, read_config(resolve_checkpoint(self.config.model.path)), local_path)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def load_checkpoint(self, local_path, hdfs_path=None, del_local_after_load=False):
+        load_pretrained(self.actor_module, local_path)
+
+
+def use_policy_worker() -> None:
+    """Make siiRL's DAG workers build `PolicyActorRolloutRefWorker` wherever they would build its FSDP
+    `ActorRolloutRefWorker` (actor, rollout, reference): replaces `get_worker_classes` where
+    siirl/dag_worker/dagworker.py imports it by name (it resolves the role -> worker mapping in
+    `_setup_role_worker_mapping`). siiRL has no extension hook; run this in every Ray worker process with Ray's
+    own, before siiRL's entry point (siirl/main_dag.py `main` keeps a Ray that is already running):
+
+        ray.init(runtime_env={"env_vars": siirl.main_dag.RAY_RUNTIME_ENV_VARS,
+                              "worker_process_setup_hook": "adapters.siirl.use_policy_worker"})
+        siirl.main_dag.main()
+    """
+    from siirl.dag_worker import dag_utils, dagworker
+
+    def get_worker_classes(config, strategy: str) -> dict:
+        classes = dag_utils.get_worker_classes(config, strategy)
+        return {role: PolicyActorRolloutRefWorker if cls is ActorRolloutRefWorker else cls
+                for role, cls in classes.items()}
+
+    dagworker.get_worker_classes = get_worker_classes

@@ -23,15 +23,16 @@ def unit_stats(dim: int) -> dict[str, list[float]]:
                 q99=[1.0] * dim)
 
 
-def write_checkpoint(method: str, cfg, build, directory, prompt_tokens: int):
+def write_checkpoint(method: str, cfg, build, directory, prompt_tokens: int, state_dim: int = STATE_DIM,
+                     action_dim: int = ACTION_DIM):
     """A random-weight checkpoint of `method` with config `cfg` in `directory`."""
     texts = [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
     tokenizer = tokenizer_to_json(train_bpe_tokenizer(texts, vocab_size=cfg.tokenizer_vocab))
     cfg = dataclasses.replace(cfg, max_text_tokens=prompt_tokens)
-    stats = {cfg.state_key: unit_stats(STATE_DIM), "action": unit_stats(ACTION_DIM)}
+    stats = {cfg.state_key: unit_stats(state_dim), "action": unit_stats(action_dim)}
     torch.manual_seed(0)
-    policy = build(cfg, stats, tokenizer, STATE_DIM, ACTION_DIM)
-    save_pretrained(policy, checkpoint_meta(method, cfg, stats, tokenizer, STATE_DIM, ACTION_DIM), directory)
+    policy = build(cfg, stats, tokenizer, state_dim, action_dim)
+    save_pretrained(policy, checkpoint_meta(method, cfg, stats, tokenizer, state_dim, action_dim), directory)
     return directory
 
 
@@ -46,6 +47,20 @@ def checkpoints(tmp_path_factory):
     return {"pi0": write_checkpoint("pi0", PI0_PRESETS["smoke"], build_pi0, root / "pi0", prompt_tokens=32),
             "oft": write_checkpoint("openvla", resolve(dataclasses.replace(OPENVLA_PRESETS["smoke"], variant="oft")),
                                     build_openvla, root / "oft", prompt_tokens=40)}
+
+
+@pytest.fixture(scope="session")
+def libero_checkpoints(tmp_path_factory):
+    """{"pi0": dir, "oft": dir} at LIBERO's sizes: two cameras (agent view, wrist), 8-D state, 7-D actions."""
+    from openvla.config import PRESETS as OPENVLA_PRESETS, resolve
+    from openvla.train import build_policy as build_openvla
+    from pi0.config import PRESETS as PI0_PRESETS
+    from pi0.train import build_policy as build_pi0
+    root, cameras = tmp_path_factory.mktemp("libero_checkpoints"), ("agentview", "robot0_eye_in_hand")
+    pi0 = dataclasses.replace(PI0_PRESETS["smoke"], cameras=cameras, max_action_dim=7)
+    oft = resolve(dataclasses.replace(OPENVLA_PRESETS["smoke"], variant="oft", cameras=cameras))
+    return {"pi0": write_checkpoint("pi0", pi0, build_pi0, root / "pi0", 32, state_dim=8, action_dim=7),
+            "oft": write_checkpoint("openvla", oft, build_openvla, root / "oft", 60, state_dim=8, action_dim=7)}
 
 
 def observations(n: int, seed: int = 0, image_size: int = 32) -> TensorDict:
