@@ -256,7 +256,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 def test_data_parallel_update_matches_one_device():
     """The update with the batch sharded over 2 (host) devices equals the single-device update."""
-    script = f"""
+    script = """
 import dataclasses, functools, jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dreamer.agent import init_state, make_networks, train_step
