@@ -61,6 +61,7 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
     from humanoid_vla.train import eval_config, phase_ends, train
 
     torch.set_num_threads(1)
+    code = commit()  # the code this process runs: read now, as HEAD may move while it trains
     flags = [*(ROWS[row] or []), *extra, "--seed", str(seed), "--run_dir", str(out / "runs" / f"{row}-s{seed}")]
     cfg = parse_config(PRESETS, flags)
     start = time.time()
@@ -79,7 +80,7 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
                        for task, r in results.items()}
     out.mkdir(parents=True, exist_ok=True)
     result_path(row, seed, out).write_text(json.dumps(dict(
-        row=row, seed=seed, commit=commit(), command=" ".join(["python humanoid_vla/train.py", *flags]),
+        row=row, seed=seed, commit=code, command=" ".join(["python humanoid_vla/train.py", *flags]),
         config=to_dict(cfg), train_seconds=trained, eval_seconds=time.time() - start - trained, evals=evals),
         indent=1))
 
