@@ -218,7 +218,7 @@ def _data_parallel_step(rank: int, directory: str) -> None:
 def test_ranks_average_gradients(tmp_path):
     """Several ranks each hold the whole policy: the actor averages gradients over the group before its step (as
     DDP), so ranks that saw different data stay equal: 1 - (1 + 2) / 2 = -0.5 on both."""
-    torch.multiprocessing.start_processes(_data_parallel_step, args=(str(tmp_path),), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(_data_parallel_step, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     for rank in range(2):
         for p in torch.load(tmp_path / f"rank{rank}.pt", weights_only=True):
             torch.testing.assert_close(p, torch.full_like(p, -0.5))
