@@ -120,8 +120,14 @@ def report(rows: list[str], out: Path = RESULTS) -> str:
             *(cell([rate(run, "standard", task) for run in runs]) for task in tasks)]) + " |")
     episodes = next(iter(files.values()))[0]["evals"]["standard"][tasks[0]]["episodes"]
     commits = sorted({run["commit"] for runs in files.values() for run in runs})
+    where = out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out
+    source = f"`{where}/*.json` (commits {', '.join(commits)})"
+    if out.resolve() != RESULTS.resolve():  # an ablation: say what its runs changed (the flags before --seed)
+        flags = sorted({" ".join(run.get("command", "").split()[2:-4]) for runs in files.values() for run in runs})
+        if any(flags):
+            source += f", trained with `{'`; `'.join(flags)}`"
     table = (f"Success on held-out episodes (evaluation seed 1000, {episodes} per task), mean ± sample std over "
-             f"training seeds; from `humanoid_vla/results/*.json` (commits {', '.join(commits)}).\n\n"
+             f"training seeds; from {source}.\n\n"
              + "\n".join(lines))
     (out / "table.md").write_text(table + "\n")
     print(table)
