@@ -17,6 +17,8 @@ class HumanoidVLAConfig:
     #     an action decoder (flow matching, or an MLP regressor as the baseline) over the 29 joint targets
     head: str = "flow"  # "flow": flow-matching action decoder (π0's loss); "mlp": L1 regression of the chunk
     image_size: int = 64  # images are resized to this side before the ResNet
+    image_stage: int = 4  # ResNet-18 stage whose feature map gives the image tokens: 4 (stride 32, 512 channels:
+    #                       2×2 tokens at 64 px) or 3 (stride 16, 256 channels: 4×4 tokens; layer4 is not built)
     d_model: int = 128  # transformer width
     n_heads: int = 4  # attention heads
     encoder_layers: int = 3  # transformer layers over [image, instruction, proprio] tokens
@@ -60,6 +62,8 @@ class HumanoidVLAConfig:
 
     def __post_init__(self):  # a bad value is one error naming it, before any demo is collected
         resolve_tasks(self.tasks)
+        if self.image_stage not in (3, 4):
+            raise ValueError(f"image_stage must be 3 or 4 (ResNet-18's last two stages), got {self.image_stage}")
         if self.head not in ("flow", "mlp"):
             raise ValueError(f"head must be 'flow' or 'mlp', got {self.head!r}")
         if self.noise_temperature < 0:

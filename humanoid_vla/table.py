@@ -81,6 +81,7 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result_path(row, seed, out).write_text(json.dumps(dict(
         row=row, seed=seed, commit=code, command=" ".join(["python humanoid_vla/train.py", *flags]),
+        flags=[*(ROWS[row] or []), *extra],  # what the row and the table's --extra set (not the seed or run_dir)
         config=to_dict(cfg), train_seconds=trained, eval_seconds=time.time() - start - trained, evals=evals),
         indent=1))
 
@@ -122,8 +123,8 @@ def report(rows: list[str], out: Path = RESULTS) -> str:
     commits = sorted({run["commit"] for runs in files.values() for run in runs})
     where = out.resolve().relative_to(REPO) if out.resolve().is_relative_to(REPO) else out
     source = f"`{where}/*.json` (commits {', '.join(commits)})"
-    if out.resolve() != RESULTS.resolve():  # an ablation: say what its runs changed (the flags before --seed)
-        flags = sorted({" ".join(run.get("command", "").split()[2:-4]) for runs in files.values() for run in runs})
+    if out.resolve() != RESULTS.resolve():  # an ablation: say what its runs changed
+        flags = sorted({" ".join(run["flags"]) for runs in files.values() for run in runs})
         if any(flags):
             source += f", trained with `{'`; `'.join(flags)}`"
     table = (f"Success on held-out episodes (evaluation seed 1000, {episodes} per task), mean ± sample std over "

@@ -75,6 +75,20 @@ def test_predicted_chunks_are_joint_targets_and_depend_on_the_instruction(cache,
     assert not np.allclose(a, b)  # the instruction reaches the actions (same noise, other words)
 
 
+@pytest.mark.parametrize("stage, tokens, channels", [(4, 1, 512), (3, 4, 256)])
+def test_image_stage_sets_the_image_tokens(cache, tmp_path, stage, tokens, channels):
+    """Smoke images are 32 px: layer4's stride 32 gives one token, layer3's stride 16 a 2x2 grid (and no layer4)."""
+    seed_everything(0)
+    model, batch = _model_and_batch(smoke(tmp_path, image_stage=stage))
+    assert model.image_pos.shape[0] == tokens and model.image_proj.in_features == channels
+    assert any(n.startswith("image_encoder.layer4.") for n, _ in model.named_parameters()) == (stage == 4)
+    model.eval()
+    context, _ = model.encode(batch)
+    blank, _ = model.encode(dict(batch, **{IMAGE_KEY: torch.zeros_like(batch[IMAGE_KEY])}))
+    assert context.shape[1] == tokens + model.cfg.max_text_tokens + len(body_part_slices())
+    assert not torch.allclose(context, blank)  # the image reaches the context
+
+
 def test_noise_temperature_zero_is_deterministic(cache, tmp_path):
     seed_everything(0)
     model, batch = _model_and_batch(smoke(tmp_path))
@@ -173,7 +187,10 @@ def test_table_runs_the_expert_row_and_reports_mean_and_std(tmp_path):
     for seed, successes in ((0, 1), (1, 2)):  # two hand-made VLA runs: 50% and 100% -> 75% ± 35%
         evals = {probe: {"squat": dict(successes=successes if probe == "standard" else 0, falls=1, episodes=2)}
                  for probe in table.PROBES}
-        (tmp_path / f"vla-s{seed}.json").write_text(json.dumps(dict(seed=seed, commit="abc", evals=evals)))
+        (tmp_path / f"vla-s{seed}.json").write_text(json.dumps(dict(seed=seed, commit="abc", evals=evals,
+                                                                    flags=["--steps", "6000"])))
     lines = table.report(["expert", "vla"], tmp_path).splitlines()
+    assert expert["flags"] == ["--tasks", "squat", "--eval_episodes", "2", "--eval_workers", "1"]
+    assert "`--steps 6000`" in lines[0]  # an ablation folder's table names what its runs changed
     assert "| IK expert (privileged) | 0 | **100%** | 0.00 | — | — | 100% |" in lines
     assert "| VLA, BC + DAgger (default) | 0,1 | **75% ± 35%** | 0.50 | 0% ± 0% | 0% ± 0% | 75% ± 35% |" in lines
