@@ -9,15 +9,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import tyro
 
+from common.config import to_dict
 from common.train import rebuild_policy, resolve_checkpoint
 
 from humanoid_vla.config import HumanoidVLAConfig
 from humanoid_vla.model import HumanoidVLA
+from humanoid_vla.table import commit
 from humanoid_vla.train import build_model, evaluate_model
 
 
@@ -33,7 +38,7 @@ class Args:
     #                                         the config's)
     blank_images: bool = False  # probe: black images
     other_instruction: bool = False  # probe: another task's instruction
-    out_dir: str | None = None  # where eval.md / eval.json go (default: the checkpoint directory)
+    out_dir: str | None = None  # where eval.md, eval.json and eval_run.json go (default: the checkpoint directory)
 
 
 def load_policy(checkpoint: str | Path) -> tuple[HumanoidVLA, HumanoidVLAConfig]:
@@ -42,6 +47,9 @@ def load_policy(checkpoint: str | Path) -> tuple[HumanoidVLA, HumanoidVLAConfig]
 
 
 def main(args: Args) -> dict:
+    """Evaluate; beside eval.json write eval_run.json, its stamp: the commit, the command, the checkpoint and the
+    config the evaluation ran with."""
+    code, started = commit(), time.time()  # the code as the evaluation starts (HEAD may move while it runs)
     model, cfg = load_policy(args.checkpoint)
     overrides = dict(eval_workers=args.workers, video_dir=args.video_dir,
                      eval_episodes=args.episodes or cfg.eval_episodes or 10)  # 0: trained without evaluation
@@ -52,8 +60,14 @@ def main(args: Args) -> dict:
             overrides[name] = getattr(args, name)
     cfg = replace(cfg, **overrides)
     model.cfg = cfg
-    return evaluate_model(model, cfg, Path(args.out_dir) if args.out_dir else resolve_checkpoint(args.checkpoint),
-                          blank_images=args.blank_images, other_instruction=args.other_instruction)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    out_dir = Path(args.out_dir) if args.out_dir else checkpoint
+    summary = evaluate_model(model, cfg, out_dir, blank_images=args.blank_images,
+                             other_instruction=args.other_instruction)
+    (out_dir / "eval_run.json").write_text(json.dumps(dict(
+        commit=code, command=" ".join(["python humanoid_vla/eval.py", *sys.argv[1:]]), checkpoint=str(checkpoint),
+        args=asdict(args), config=to_dict(cfg), eval_seconds=time.time() - started), indent=1))
+    return summary
 
 
 if __name__ == "__main__":

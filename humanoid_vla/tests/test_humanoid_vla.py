@@ -159,6 +159,9 @@ def test_train_runs_bc_then_dagger_and_evaluates(cache, tmp_path):
     # eval.py rebuilds the policy from the run directory alone and scores it the same way
     again = vla_eval.main(vla_eval.Args(checkpoint=cfg.run_dir, workers=1, out_dir=str(tmp_path / "again")))
     assert {t: r["successes"] for t, r in again.items()} == {t: r["successes"] for t, r in results.items()}
+    stamp = json.loads((tmp_path / "again" / "eval_run.json").read_text())  # what ran, beside what it scored
+    assert stamp["commit"] and stamp["checkpoint"].endswith(str(cfg.steps + cfg.dagger_steps))
+    assert stamp["config"]["eval_workers"] == 1 and stamp["config"]["tasks"] == list(cfg.tasks)
 
 
 @pytest.mark.parametrize("die_at", [3, 6], ids=["inside BC", "at the DAgger boundary"])
