@@ -62,7 +62,8 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
 
     torch.set_num_threads(1)
     code = commit()  # the code this process runs: read now, as HEAD may move while it trains
-    flags = [*(ROWS[row] or []), *extra, "--seed", str(seed), "--run_dir", str(out / "runs" / f"{row}-s{seed}")]
+    changed = [*(ROWS[row] or []), *extra]  # what the row and the table's --extra set (not the seed or run_dir)
+    flags = [*changed, "--seed", str(seed), "--run_dir", str(out / "runs" / f"{row}-s{seed}")]
     cfg = parse_config(PRESETS, flags)
     start = time.time()
     if ROWS[row] is None:
@@ -81,7 +82,7 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result_path(row, seed, out).write_text(json.dumps(dict(
         row=row, seed=seed, commit=code, command=" ".join(["python humanoid_vla/train.py", *flags]),
-        flags=[*(ROWS[row] or []), *extra],  # what the row and the table's --extra set (not the seed or run_dir)
+        flags=changed,
         config=to_dict(cfg), train_seconds=trained, eval_seconds=time.time() - start - trained, evals=evals),
         indent=1))
 
