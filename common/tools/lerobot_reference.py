@@ -43,12 +43,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import platform
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -159,15 +157,11 @@ def read(export_dir: Path, fixture: Path) -> None:
 
 
 def save_npz(path: Path, arrays: dict) -> None:
-    """np.savez_compressed's format with sorted members and a fixed date, so equal arrays give equal bytes."""
+    """np.savez_compressed, members in sorted order, written whole or not at all. numpy stamps every member with a
+    fixed date (1980-01-01), so equal arrays give equal bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w") as archive:
-        for key in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asarray(arrays[key]), allow_pickle=False)
-            member = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(member, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **{key: np.asarray(arrays[key]) for key in sorted(arrays)})
     os.replace(tmp, path)
 
 
