@@ -8,9 +8,10 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from common.provenance import checkout
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -19,13 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 def provenance(config: Mapping[str, Any]) -> dict[str, Any]:
     """What produced a result: the commit (and whether its Python files had uncommitted changes), the date, the
     versions and the full config."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
     import torch
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "*.py"))
-    return dict(commit=git("rev-parse", "--short", "HEAD"), dirty=dirty,
-                date=datetime.date.today().isoformat(), python=platform.python_version(), torch=torch.__version__,
-                config=dict(config))
+    return dict(**checkout(), date=datetime.date.today().isoformat(), python=platform.python_version(),
+                torch=torch.__version__, config=dict(config))
 
 
 def stamp(config: Mapping[str, Any]) -> str:

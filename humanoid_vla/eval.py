@@ -18,11 +18,11 @@ from pathlib import Path
 import tyro
 
 from common.config import to_dict
+from common.provenance import commit_label
 from common.train import rebuild_policy, resolve_checkpoint
 
 from humanoid_vla.config import HumanoidVLAConfig
 from humanoid_vla.model import HumanoidVLA
-from humanoid_vla.table import commit
 from humanoid_vla.train import build_model, evaluate_model
 
 
@@ -49,7 +49,7 @@ def load_policy(checkpoint: str | Path) -> tuple[HumanoidVLA, HumanoidVLAConfig]
 def main(args: Args) -> dict:
     """Evaluate; beside eval.json write eval_run.json, its stamp: the commit, the command, the checkpoint and the
     config the evaluation ran with."""
-    code, started = commit(), time.time()  # the code as the evaluation starts (HEAD may move while it runs)
+    code, started = commit_label(), time.time()  # the code as the evaluation starts (HEAD may move while it runs)
     model, cfg = load_policy(args.checkpoint)
     overrides = dict(eval_workers=args.workers, video_dir=args.video_dir,
                      eval_episodes=args.episodes or cfg.eval_episodes or 10)  # 0: trained without evaluation

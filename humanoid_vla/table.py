@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from common.provenance import commit_label
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -33,14 +35,6 @@ ROWS = {"expert": None, "bc": ["--dagger_rounds", "0"], "vla": [], "mlp": ["--he
 LABELS = {"expert": "IK expert (privileged)", "bc": "VLA, BC only", "vla": "VLA, BC + DAgger (default)",
           "mlp": "MLP head, BC + DAgger"}
 PROBES = {"standard": {}, "blank image": dict(blank_images=True), "other instruction": dict(other_instruction=True)}
-
-
-def commit() -> str:
-    """The checkout's commit, marked "+changes" when its Python files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 
 def result_path(row: str, seed: int, out: Path = RESULTS) -> Path:
@@ -61,7 +55,7 @@ def run(row: str, seed: int, extra: list[str], out: Path = RESULTS) -> None:
     from humanoid_vla.train import eval_config, phase_ends, train
 
     torch.set_num_threads(1)
-    code = commit()  # the code this process runs: read now, as HEAD may move while it trains
+    code = commit_label()  # the code this process runs: read now, as HEAD may move while it trains
     changed = [*(ROWS[row] or []), *extra]  # what the row and the table's --extra set (not the seed or run_dir)
     flags = [*changed, "--seed", str(seed), "--run_dir", str(out / "runs" / f"{row}-s{seed}")]
     cfg = parse_config(PRESETS, flags)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import subprocess
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from common.provenance import commit_label
 from offline_rl.data import load_dataset
 from offline_rl.runner import dataset_path
 
@@ -40,16 +40,8 @@ def one(job: tuple[str, str, int, list[str]]) -> dict:
     run_dir = HERE / "runs" / "table" / f"{algorithm}-{dataset}-s{seed}"
     results = module.main(["--dataset", dataset, "--seed", str(seed), "--run_dir", str(run_dir)] + extra)
     return dict(algorithm=algorithm, dataset=dataset, seed=seed, updates=results["config"]["updates"],
-                score=results["final"]["score_mean"], seconds=results["seconds"], commit=commit(),
+                score=results["final"]["score_mean"], seconds=results["seconds"], commit=commit_label(),
                 config=results["config"])
-
-
-def commit() -> str:
-    """The checkout's commit, marked "+changes" when its Python files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 
 def data_score(dataset: str) -> float | None:
