@@ -19,6 +19,9 @@ class HumanoidVLAConfig:
     image_size: int = 64  # images are resized to this side before the ResNet
     image_stage: int = 4  # ResNet-18 stage whose feature map gives the image tokens: 4 (stride 32, 512 channels:
     #                       2×2 tokens at 64 px) or 3 (stride 16, 256 channels: 4×4 tokens; layer4 is not built)
+    film: bool = False  # FiLM (Perez et al. 2018) of every ResNet block's output by the instruction, as RT-1
+    #                     conditions its EfficientNet (Brohan et al. 2022): γ, β from the mean instruction-token
+    #                     embedding, zero-initialised so training starts from the plain encoder
     d_model: int = 128  # transformer width
     n_heads: int = 4  # attention heads
     encoder_layers: int = 3  # transformer layers over [image, instruction, proprio] tokens

@@ -1,6 +1,7 @@
 """A small humanoid vision-language-action policy: camera, instruction and body state in, whole-body joint targets out.
 
     front image (uint8) --resize, [shift], ImageNet norm--> ResNet-18 (GroupNorm) feature map --> one token per cell
+                        [--film: each residual block scaled and shifted by the instruction (RT-1's FiLM)]
     instruction         --BPE tokens---------------------> token embeddings
     proprioception      --normalised, split by body part--> four tokens: legs, waist, arms (joint positions and
                                                             velocities of each part), base (gravity, gyro)
@@ -75,6 +76,12 @@ class HumanoidVLA(nn.Module):
         self.image_encoder = resnet18(norm="group")
         if cfg.image_stage == 3:  # layer3: 2x the resolution; at 64 px 229 vs 296 MFLOPs, 2.8M vs 11.2M weights
             self.image_encoder.layer4 = nn.Identity()
+        if cfg.film:  # one (γ, β) projection per residual block; zero weights and bias: the identity at the start
+            widths = [block.conv2.out_channels for block in self.residual_blocks()]
+            self.film = nn.ModuleList(nn.Linear(cfg.d_model, 2 * width) for width in widths)
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         stride, channels = (16, 256) if cfg.image_stage == 3 else (32, 512)
         cells = math.ceil(cfg.image_size / stride) ** 2
         self.image_proj = nn.Linear(channels, d)
@@ -111,20 +118,44 @@ class HumanoidVLA(nn.Module):
                               align_corners=False)
         if self.training and cfg.shift_augment > 0:
             x = random_shift(x, cfg.shift_augment)
-        cells = self.image_encoder.feature_map((x - self.pixel_mean) / self.pixel_std).flatten(2).transpose(1, 2)
-        image = self.image_proj(cells) + self.image_pos
         tokens = tokenize(self.tokenizer, batch["instruction"], cfg.max_text_tokens)
-        ids = tokens["input_ids"].to(image.device)
-        text = self.token_embedding(ids) + self.text_pos[: ids.shape[1]]
+        ids, words = tokens["input_ids"].to(x.device), tokens["attention_mask"].to(x.device)
+        embedded = self.token_embedding(ids)
+        cells = self.image_features((x - self.pixel_mean) / self.pixel_std, embedded, words)
+        image = self.image_proj(cells.flatten(2).transpose(1, 2)) + self.image_pos
+        text = embedded + self.text_pos[: ids.shape[1]]
         state = self.normalizer.normalize(STATE_KEY, batch[STATE_KEY].float())
         body = torch.stack([self.part_proj[name](state[:, idx]) for name, idx in self.parts.items()], 1)
         body = body + self.part_embedding
         b = image.shape[0]
         padding = torch.cat([torch.zeros(b, image.shape[1], dtype=torch.bool, device=image.device),
-                             tokens["attention_mask"].to(image.device) == 0,
+                             words == 0,
                              torch.zeros(b, body.shape[1], dtype=torch.bool, device=image.device)], 1)
         context = self.encoder(torch.cat([image, text, body], 1), src_key_padding_mask=padding)
         return context, padding
+
+    def residual_blocks(self) -> list[nn.Module]:
+        """ResNet-18's residual blocks up to `image_stage`, in order (two per stage)."""
+        stages = [self.image_encoder.layer1, self.image_encoder.layer2, self.image_encoder.layer3,
+                  self.image_encoder.layer4][: self.cfg.image_stage]
+        return [block for stage in stages for block in stage]
+
+    def image_features(self, x: Tensor, embedded: Tensor, words: Tensor) -> Tensor:
+        """ResNet-18's feature map (B, C, h, w) of normalised images. With `film`, every residual block's output h
+        becomes (1 + γ)·h + β, (γ, β) a linear map of the instruction's mean token embedding (RT-1's
+        FiLM-EfficientNet, Brohan et al. 2022): the words can choose what the encoder extracts, e.g. which
+        ball to locate."""
+        encoder = self.image_encoder
+        x = encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(x))))
+        if self.cfg.film:
+            mask = words[..., None].to(embedded.dtype)
+            sentence = (embedded * mask).sum(1) / mask.sum(1).clamp(min=1)
+        for i, block in enumerate(self.residual_blocks()):
+            x = block(x)
+            if self.cfg.film:
+                gamma, beta = self.film[i](sentence)[:, :, None, None].chunk(2, dim=1)
+                x = (1 + gamma) * x + beta
+        return x
 
     # ------------------------------------------------------------------------------------------------- heads
     def velocity(self, context: Tensor, padding: Tensor, x_t: Tensor, time: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 
 from common.data import ChunkDataset
 from common.envs.humanoid import IMAGE_KEY, N_JOINTS, collect_demos
+from common.text import tokenize
 from common.tests import demo_cache, resume
 from common.train import read_metrics, seed_everything
 
@@ -87,6 +88,35 @@ def test_image_stage_sets_the_image_tokens(cache, tmp_path, stage, tokens, chann
     blank, _ = model.encode(dict(batch, **{IMAGE_KEY: torch.zeros_like(batch[IMAGE_KEY])}))
     assert context.shape[1] == tokens + model.cfg.max_text_tokens + len(body_part_slices())
     assert not torch.allclose(context, blank)  # the image reaches the context
+
+
+@pytest.mark.parametrize("stage", [4, 3])
+def test_film_starts_as_the_plain_encoder_and_learns_to_let_the_words_change_the_image_features(cache, tmp_path, stage):
+    """RT-1's FiLM: zero-initialised, so the first forward pass is the plain model's; its γ, β get gradients, and once
+    they are not zero the same image gives other features under another instruction."""
+    seed_everything(0)
+    model, batch = _model_and_batch(smoke(tmp_path, image_stage=stage, film=True, shift_augment=0))
+    assert len(model.film) == 2 * stage  # one (γ, β) per residual block
+    plain, _ = _model_and_batch(smoke(tmp_path, image_stage=stage, film=False, shift_augment=0))
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("film.") for k in unexpected)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model.encode(batch)[0], plain.encode(batch)[0])
+
+    model.train()
+    model.loss(batch).backward()
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in model.film)  # the loss reaches every FiLM layer
+    with torch.no_grad():
+        for layer in model.film:
+            layer.weight.normal_(std=0.1)
+    model.eval()
+    image = batch[IMAGE_KEY].permute(0, 3, 1, 2).float()[:2] / 255.0
+    features = {}
+    for words in ("squat", "reach the red ball"):
+        tokens = tokenize(model.tokenizer, [words, words], model.cfg.max_text_tokens)
+        features[words] = model.image_features(image, model.token_embedding(tokens["input_ids"]),
+                                               tokens["attention_mask"])
+    assert not torch.allclose(features["squat"], features["reach the red ball"])
 
 
 def test_noise_temperature_zero_is_deterministic(cache, tmp_path):
