@@ -34,6 +34,9 @@ from online_rl.envs import ChunkEnvs
 # MT10 tasks on which the imitation policies of benchmarks/results/mt10.md are weak but not at zero (a sparse reward
 # needs some successes to learn from)
 WEAK_TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3", "window-open-v3")
+# MT10 tasks the imitation policies already solve (benchmarks/results/mt10_tasks.md): evaluated before and after but
+# not trained on, so a fine-tuning that breaks what imitation learned shows
+STRONG_TASKS = ("door-open-v3", "drawer-close-v3")
 REWARDS = {"metaworld": ("success", "dense"), "driving": ("success", "score")}  # each env's `reward` choices
 
 
@@ -44,6 +47,8 @@ class RLConfig:
     run_dir: str = "runs/rl"  # checkpoints, metrics.jsonl, eval_before/ and eval_after/
     env: str = "metaworld"  # "metaworld": Meta-World tasks (envs.py); "driving": highway-env scenarios (driving.py)
     tasks: tuple[str, ...] = WEAK_TASKS  # trained (and evaluated) tasks; driving: scenarios (common.envs.highway)
+    watch_tasks: tuple[str, ...] | None = None  # evaluated before and after, never trained on (None: STRONG_TASKS
+    #                                             for Meta-World, none for driving)
     envs_per_task: int = 4  # episodes per task per iteration
     iterations: int = 50  # iterations (one episode per env each)
     max_steps: int = 200  # environment steps per episode (as the imitation evaluation; driving: the horizon, 10 Hz)
@@ -79,9 +84,16 @@ class RLConfig:
             if unknown:
                 raise ValueError(f"env 'driving' plays highway-env scenarios; unknown {unknown}: pass --tasks from "
                                  f"{', '.join(SCENARIOS)}")
+            if self.watch_tasks:
+                raise ValueError("env 'driving' has no watch tasks: every evaluated scenario is a trained one")
             if self.policy == RLConfig.policy:
                 raise ValueError("env 'driving' fine-tunes a driving policy: pass --policy (a driving_vla checkpoint "
                                  "or run); the default is π0's Meta-World run")
+
+    def evaluated_tasks(self) -> tuple[str, ...]:
+        """The tasks evaluated before and after: the trained ones, then the watched ones."""
+        watch = (STRONG_TASKS if self.env == "metaworld" else ()) if self.watch_tasks is None else self.watch_tasks
+        return (*self.tasks, *(task for task in watch if task not in self.tasks))
 
     def env_tasks(self) -> list[str]:
         """The task of every env: env i runs tasks[i % len(tasks)]."""
@@ -103,10 +115,12 @@ def make_envs(cfg: RLConfig, policy: Policy) -> ChunkEnvs:
 def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int], device: torch.device) -> dict:
     """One episode per env, env i from placement (placement_seed, episodes[i]), as (T, N) tensors of chunk steps;
     rows of envs whose episode has ended hold their last values and are masked out by `valid`. The policy runs on
-    the active envs only. `events`: per env, whether each of the envs' episode events (driving: collision) happened."""
+    the active envs only. `events`: per env, whether each of the envs' episode events (driving: collision) happened;
+    `env_steps`: the environment steps the iteration took, over all envs."""
     current = envs.reset(cfg.placement_seed, episodes)
     active = np.ones(envs.n, bool)
     success, returns, steps, out = np.zeros(envs.n, bool), np.zeros(envs.n), [], None
+    env_steps = 0
     events: dict[str, np.ndarray] = {}
     while active.any():
         obs = envs.observations(current, device)
@@ -128,6 +142,7 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
                           valid=torch.as_tensor(active.copy()), goes_on=torch.as_tensor(active & ~result.done),
                           terminal=torch.as_tensor(active & result.done & ~result.truncated), next_value=next_value))
         returns += np.where(active, reward, 0.0)
+        env_steps += int(result.steps.sum())  # inactive envs executed nothing (0)
         success |= result.success & active
         for key, happened in result.events.items():
             events[key] = events.get(key, np.zeros(envs.n, bool)) | (happened & active)
@@ -143,7 +158,8 @@ def rollout(policy: Policy, envs: ChunkEnvs, cfg: RLConfig, episodes: list[int],
     next_obs = torch.stack([s["obs"] for s in steps[1:]] + [envs.observations(current, device)])
     return dict(obs=stacked["obs"], out=stacked["out"], rewards=stacked["reward"].float().to(device), values=values,
                 next_values=next_values, goes_on=goes_on, terminal=stacked["terminal"].to(device),
-                valid=stacked["valid"].to(device), next_obs=next_obs, success=success, returns=returns, events=events)
+                valid=stacked["valid"].to(device), next_obs=next_obs, success=success, returns=returns, events=events,
+                env_steps=env_steps)
 
 
 def own_placements(cfg: RLConfig, iteration: int) -> list[int]:
@@ -191,8 +207,16 @@ def kl_to_start(reference: Policy, obs, out) -> float:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 def evaluate_policy(policy: Policy, cfg: RLConfig, out_dir: Path) -> dict:
-    """Closed-loop success on held-out placements (evaluation seed 1000), the policy acting deterministically;
-    driving: `driving.evaluate_policy` (the benchmark's evaluation seeds and metrics, success = arrival)."""
+    """Closed-loop success on held-out placements (evaluation seed 1000) of the trained and the watched tasks, the
+    policy acting deterministically; driving: `driving.evaluate_policy` (the benchmark's evaluation seeds and metrics,
+    success = arrival). Returns per task its summary (success_rate, episodes, ...), also written to
+    `out_dir/summary.json` (what online_rl/table.py reads)."""
+    summary = _evaluate(policy, cfg, out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def _evaluate(policy: Policy, cfg: RLConfig, out_dir: Path) -> dict:
     if cfg.env == "driving":
         from online_rl import driving
         return driving.evaluate_policy(policy, cfg, out_dir)
@@ -203,14 +227,11 @@ def evaluate_policy(policy: Policy, cfg: RLConfig, out_dir: Path) -> dict:
             td = observations([obs], policy_cfg.cameras, policy_cfg.state_key, next(policy.parameters()).device)
             return policy(td, deterministic=True)["action"][0].cpu().numpy()
 
-    results = evaluate(act, eval_config(policy_cfg, tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, workers=1,
-                                        max_steps=cfg.max_steps, video_dir=None))
+    results = evaluate(act, eval_config(policy_cfg, tasks=cfg.evaluated_tasks(), episodes_per_task=cfg.eval_episodes,
+                                        workers=1, max_steps=cfg.max_steps, video_dir=None))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.md").write_text(format_results(results) + "\n")
-    summary = {task: r.as_dict() for task, r in results.items()}
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
+    return {task: r.as_dict() for task, r in results.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -251,7 +272,8 @@ def fine_tune(cfg: RLConfig, algorithm: str, setup: Callable[[Policy], tuple[tor
             iteration += 1
             events = {key: happened.mean() for key, happened in batch["events"].items()}  # driving: collision rate
             logger.log(iteration, dict(success=batch["success"].mean(), episode_return=batch["returns"].mean(),
-                                       chunks=int(batch["valid"].sum()), **events, **stats))
+                                       chunks=int(batch["valid"].sum()), env_steps=batch["env_steps"], **events,
+                                       **stats))
             logger.advance()
             if iteration % cfg.save_every == 0 or iteration == cfg.iterations:
                 if state is not None:  # first, so the `last` pointer never names a checkpoint without it

@@ -177,7 +177,7 @@ def test_one_ppo_iteration_on_the_driving_env_moves_the_weights(runs, tmp_path, 
     if head == "flow":  # the backbone is frozen
         assert not any(k.startswith(("policy.net.blocks.", "policy.net.bev_encoder.")) for k in changed)
         assert set(after) == {"highway"} and after["highway"]["episodes"] == 1
-        for name in ("eval_before/eval.json", "eval_after/eval.md"):
+        for name in ("eval_before/eval.json", "eval_before/summary.json", "eval_after/eval.md"):
             assert (run / name).stat().st_size > 0
     else:
         assert "log_std" in changed and any(k.startswith("policy.net.blocks.") for k in changed)

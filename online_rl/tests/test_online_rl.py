@@ -3,6 +3,7 @@ recomputed exactly, closed-form entropy, a value head that leaves `predict` alon
 update raising a positively-advantaged chunk's probability, envs identical in and out of worker processes, exact
 resume, and the end-to-end run."""
 
+import csv
 import dataclasses
 import json
 import math
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.envs.metaworld import MetaWorldEnv
+from common.metrics import wilson_interval
 from common.policy import Policy, load_policy, observations
 from common.tests import contract, demo_cache, resume
 from common.train import last_checkpoint, read_metrics
@@ -382,12 +384,15 @@ def test_ppo_end_to_end_with_evaluation(runs, tmp_path, method):
     cfg = quick(tmp_path, runs / method, iterations=2, eval_episodes=1, workers=2, reward="dense")
     after = ppo.train(cfg)
     run = tmp_path / "ppo"
-    assert set(after) == set(TASKS) and all(r["episodes"] == 1 for r in after.values())
-    for name in ("eval_before/eval.json", "eval_after/eval.json", "eval_after/eval.md"):
+    assert set(after) == {*TASKS, "door-open-v3"}  # the trained tasks and the watched one not among them
+    assert all(r["episodes"] == 1 for r in after.values())
+    for name in ("eval_before/summary.json", "eval_after/summary.json", "eval_after/eval.md"):
         assert (run / name).stat().st_size > 0
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(m["chunks"] > 0 and math.isfinite(m["value"]) for m in metrics)
+    # 4 envs of at most 12 steps; each chunk executes at least one action
+    assert all(m["chunks"] <= m["env_steps"] <= 4 * 12 for m in metrics)
     assert metrics[0]["kl_start"] == 0.0  # nothing updated the actor before the first rollout
     assert metrics[1]["kl_start"] == 0.0  # the first iteration was critic warm-up: the actor is unchanged
 
@@ -486,3 +491,88 @@ def test_sac_soft_target_on_a_hand_case(runs, tmp_path):
         soft = q - alpha * gaussian.log_prob(a).sum((1, 2))
     assert target[0] == 1.0  # success is terminal: nothing bootstrapped
     torch.testing.assert_close(target[1], 2.0 + 0.9 * soft[1])
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def summary(rates: dict[str, tuple[int, int]]) -> dict:
+    return {task: dict(success_rate=s / n, episodes=n) for task, (s, n) in rates.items()}
+
+
+def test_table_pools_after_counts_before_once_and_checks_the_bar(tmp_path):
+    from online_rl import table
+    before = summary({"reach-v3": (10, 50), "push-v3": (20, 50), "door-open-v3": (48, 50)})
+    afters = [summary({"reach-v3": (30, 50), "push-v3": (35, 50), "door-open-v3": (47, 50)}),
+              summary({"reach-v3": (40, 50), "push-v3": (35, 50), "door-open-v3": (30, 50)})]
+    for seed, after in enumerate(afters):
+        curve = [dict(iteration=i + 1, env_steps=1000, success=0.3 + 0.1 * i, kl_start=0.0, episode_return=0.0)
+                 for i in range(3)]
+        (tmp_path / f"pi0-ppo-s{seed}.json").write_text(json.dumps(dict(
+            row="pi0-ppo", seed=seed, commit="abc1234", config=dict(tasks=["reach-v3", "push-v3"], env="metaworld",
+                                                                    eval_episodes=50),
+            minutes=60.0, before=before, after=after, curve=curve)))
+    text = table.report(["pi0-ppo", "bc-ppo"], tmp_path)  # a row without result files is left out
+    cells = [c.strip() for c in text.splitlines()[-1].split("|")[1:-1]]
+    lo, hi = wilson_interval(30, 100)  # before: 30/100, counted once although both seeds hold it
+    assert cells[2].startswith(f"**30% [{lo:.2f}, {hi:.2f}] → ")
+    lo, hi = wilson_interval(140, 200)  # after: both seeds' 200 episodes pooled
+    assert cells[2].endswith(f"70% [{lo:.2f}, {hi:.2f}]**")
+    assert cells[3] == "+40 ± 7 pts"  # seed 0: 65% − 30%, seed 1: 75% − 30%
+    assert cells[4] == "yes"
+    assert "not all inside" in cells[5]  # door-open 96% -> 77%: outside its interval before
+    assert "reach 20% → 70%" in cells[6] and "door-open 96% → 77%" in cells[6]
+    assert cells[7] == "3,000" and "BC" not in text
+    rows = list(csv.DictReader(open(tmp_path / "table.csv")))
+    assert len(rows) == 12 and {r["trained"] for r in rows if r["task"] == "door-open-v3"} == {"False"}
+    assert (tmp_path / "table.png").stat().st_size > 0
+    afters[1]["door-open-v3"] = before["door-open-v3"]
+    changed = json.loads((tmp_path / "pi0-ppo-s1.json").read_text())
+    changed["after"], changed["before"] = afters[1], summary({"reach-v3": (11, 50), "push-v3": (20, 50),
+                                                              "door-open-v3": (48, 50)})
+    (tmp_path / "pi0-ppo-s1.json").write_text(json.dumps(changed))
+    text = table.report(["pi0-ppo"], tmp_path)
+    assert "each inside its interval before" in text and "'before' evaluations differ" in text
+
+
+def test_table_trains_a_start_once_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
+    from online_rl import table
+    calls = []
+    monkeypatch.setattr(table.subprocess, "run", lambda command, cwd, check: calls.append((command[1:], cwd)))
+    monkeypatch.setattr(table, "commit_label", lambda: "abc1234")
+    row = table.ROWS["oft-grpo"]
+    table.ensure_start(row, tmp_path, threads=1)
+    run_dir = str((tmp_path / "starts" / "openvla-variant-oft").resolve())
+    assert calls == [(["train.py", "--variant", "oft", "--run_dir", run_dir, "--threads", "1"],
+                      table.REPO / "openvla")]
+    assert json.loads((tmp_path / "starts" / "openvla-variant-oft.json").read_text())["command"].startswith(
+        "cd openvla && python train.py --variant oft")
+    table.ensure_start(row, tmp_path, threads=1)
+    assert len(calls) == 1  # finished (its marker): not trained again
+    (tmp_path / "starts" / "openvla-variant-oft.json").unlink()
+    (tmp_path / "starts" / "openvla-variant-oft" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "starts" / "openvla-variant-oft" / "checkpoints" / "last").write_text("00001000")
+    table.ensure_start(row, tmp_path, threads=2)
+    assert calls[-1][0][-3:] == ["--threads", "2", "--resume"]  # interrupted: it continues
+
+
+def test_table_run_end_to_end(bc_run, tmp_path):
+    """One (row, seed) through the table's own run: the RL run on its start, the result file with both evaluations
+    and the curve, and the report; an existing RL run is resumed, not restarted."""
+    import shutil
+
+    from online_rl import table
+    shutil.copytree(bc_run, tmp_path / "starts" / "bc")
+    (tmp_path / "starts" / "bc.json").write_text(json.dumps(dict(commit="x", command="cd bc && python train.py")))
+    extra = ["--tasks", *TASKS, "--envs_per_task", "2", "--iterations", "2", "--max_steps", "12", "--minibatch_size",
+             "8", "--update_epochs", "1", "--critic_warmup", "1", "--eval_episodes", "1"]
+    table.run("bc-ppo", 0, extra, tmp_path)
+    result = json.loads((tmp_path / "bc-ppo-s0.json").read_text())
+    assert set(result["before"]) == set(result["after"]) == {*TASKS, "door-open-v3"}
+    assert [c["iteration"] for c in result["curve"]] == [1, 2] and all(c["env_steps"] > 0 for c in result["curve"])
+    assert result["config"]["seed"] == 0 and result["config"]["eval_episodes"] == 1  # `extra` overrides the table's
+    assert result["start"]["command"] == "cd bc && python train.py" and result["command"].startswith(
+        "python online_rl/train.py ppo --policy")
+    run_dir = tmp_path / "runs" / "bc-ppo-s0"
+    assert last_checkpoint(run_dir).name == "00000002"
+    table.run("bc-ppo", 0, [*extra, "--iterations", "3"], tmp_path)  # resumed: one more iteration, not three
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
+    assert "BC + PPO" in table.report(["bc-ppo"], tmp_path)
