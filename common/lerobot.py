@@ -40,10 +40,14 @@ Where we differ from lerobot's own writer (none of it changes what lerobot reads
   they come back as (1,);
 - on import, stats.json is not read (our statistics are recomputed from the data), and an episode whose frames
   carry several tasks gets the task of its first frame.
+
+`open_dataset` is what a training script's `--dataset <dir>` calls: our episode format as it is, or a LeRobot v3.0
+dataset imported once into the cache, with the keys the method reads checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -122,6 +126,44 @@ def import_lerobot(src: str | Path, dst: str | Path, episodes: list[int] | None 
         for reader in videos.values():
             reader.close()
     return EpisodeDataset(dst)
+
+
+class MissingKeyError(ValueError):
+    """The dataset lacks a feature the method reads."""
+
+
+def open_dataset(path: str | Path, keys: Iterable[str], cache_dir: str | Path | None = None) -> EpisodeDataset:
+    """The training demos at `path`: an episode dataset of ours (meta.json), or a LeRobot v3.0 dataset (meta/info.json),
+    imported on first use into `cache_dir/lerobot-<fingerprint>` (default: $EMBODIED_CACHE or
+    ~/.cache/embodied-models) and reused while its files are unchanged. Every key in `keys` (the cameras' image keys,
+    the state key, the action key) must be one of its features, else a `MissingKeyError` naming the missing ones and
+    what the dataset has. With several processes, call it on one first (the import writes the cache)."""
+    root = Path(path)
+    if (root / "meta.json").exists():
+        dataset = EpisodeDataset(root)
+    elif (root / INFO_PATH).exists():
+        cache = Path(cache_dir or os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
+        imported = cache / f"lerobot-{_fingerprint(root)}"
+        if not imported.exists():  # (an interrupted import left only `.partial`, which the writer clears)
+            import_lerobot(root, imported)
+        dataset = EpisodeDataset(imported)
+    else:
+        raise FileNotFoundError(f"{root}: neither an episode dataset (no meta.json) nor a LeRobot v3.0 dataset (no "
+                                f"{INFO_PATH})")
+    missing = [key for key in keys if key not in dataset.features]
+    if missing:
+        raise MissingKeyError(f"{root} has no feature {', '.join(missing)}; it has {', '.join(sorted(dataset.features))}"
+                              f" (choose the cameras, state and action keys with the training script's flags)")
+    return dataset
+
+
+def _fingerprint(root: Path) -> str:
+    """A hash of the dataset's absolute path and every file's relative path, size and modification time."""
+    digest = hashlib.sha1(str(root.resolve()).encode())
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
 
 
 def _require(path: Path) -> Path:

@@ -269,3 +269,43 @@ def test_missing_file_is_named(tmp_path):
     (tmp_path / "lr/meta/tasks.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="tasks.parquet"):
         import_lerobot(tmp_path / "lr", tmp_path / "ours")
+
+
+# ----------------------------------------------------------------------------------------- training from --dataset
+def test_embedded_demos_through_lerobot_give_the_native_batches(tmp_path):
+    """What `train.py --dataset` reads: the embedded Meta-World demos exported to LeRobot v3.0 (PNG, lossless) and
+    opened with `open_dataset` give exactly the native demos' training batches (every field but `task_index`, whose
+    numbering follows LeRobot's task strings) and the same normalisation statistics."""
+    import torch
+
+    from common.data import ChunkDataset
+    from common.envs.metaworld import DemoSpec, collect_demos
+    from common.lerobot import MissingKeyError, open_dataset
+    from common.train import resumable_loader
+
+    spec = DemoSpec(tasks=("reach-v3", "drawer-close-v3"), episodes_per_task=2, image_size=32,
+                    cameras=("corner", "gripperPOV"))
+    native = collect_demos(spec, workers=1, cache_dir=tmp_path / "cache", progress=False)
+    export_lerobot(native, tmp_path / "lerobot", video=False)
+    keys = ["observation.images.corner", "observation.images.gripperPOV", "observation.state"]
+    imported = open_dataset(tmp_path / "lerobot", [*keys, "action"], cache_dir=tmp_path / "cache")
+    assert [e["instruction"] for e in imported.episodes] == [e["instruction"] for e in native.episodes]
+    assert imported.stats == native.stats
+    loaders = [resumable_loader(ChunkDataset(d, 5, keys), 8, seed=3) for d in (native, imported)]
+    for _ in range(4):
+        ours, theirs = next(loaders[0]), next(loaders[1])
+        assert ours.keys() == theirs.keys()
+        for key in ours.keys() - {"task_index"}:
+            if isinstance(ours[key], torch.Tensor):
+                assert torch.equal(ours[key], theirs[key]), key
+            else:
+                assert ours[key] == theirs[key], key
+    # imported once: a second open reads the cache; our own format opens as it is
+    cached = sorted((tmp_path / "cache").glob("lerobot-*"))
+    assert len(cached) == 1
+    assert open_dataset(tmp_path / "lerobot", keys, cache_dir=tmp_path / "cache").root == cached[0]
+    assert open_dataset(native.root, keys).root == native.root
+    with pytest.raises(MissingKeyError, match="no feature observation.images.wrist; it has action, "):
+        open_dataset(tmp_path / "lerobot", ["observation.images.wrist"], cache_dir=tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="neither an episode dataset"):
+        open_dataset(tmp_path, keys)
