@@ -23,6 +23,15 @@ results/mt10/<method>-<inputs>-s<seed>.json: the commit, the full config, the se
 method's config/train/eval/model modules and every repository file they import), wall clock (and the step a resumed
 training started from) and per-task successes. A run whose file holds the current code hash and settings is reused,
 so an interrupted table continues where it stopped.
+
+A code change that changes no computation (a new flag whose default keeps the old behaviour, a renamed variable)
+need not discard finished runs. Each method's behaviour fingerprint (`behaviour`: its tiny config, then a quick
+training and every split and probe, hashed down to every weight and every action) is recorded per code hash in
+<out>/fingerprints.json (`--fingerprint` records today's); a run made under an older code hash is reused when that
+hash's recorded fingerprint equals today's, computed on the same machine. Anything the fingerprint sees differently
+(another machine's floating point included) reruns the run.
+
+    python benchmarks/mt10.py --fingerprint           # record today's fingerprints (before changing a method's code)
 """
 
 from __future__ import annotations
@@ -73,6 +82,9 @@ EVALS = {"standard": {}, "seed 2000": dict(seed=2000), "novel phrasing": dict(in
          "no privileged": "privileged_fill"}
 COLUMNS = ["standard", "seed 2000", "novel phrasing", "language", "blank image", "other instruction",
            "language, other instruction", "no privileged"]
+
+
+FINGERPRINTS = "fingerprints.json"  # in the run files' directory: {method: {code version: behaviour fingerprint}}
 
 
 def run_name(method: str, inputs: str, seed: int) -> str:
@@ -198,11 +210,106 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
 
 
 def is_done(path: Path, method: str, shared: dict) -> bool:
+    """Whether the run file at `path` holds a run of today's settings and code: the same code hash, or an older one
+    whose recorded behaviour fingerprint equals today's."""
     if not path.exists():
         return False
     record = json.loads(path.read_text())
-    return (record["code_version"] == code_version(METHODS[method].folder)
-            and record["settings"] == json.loads(json.dumps(shared)))
+    if record["settings"] != json.loads(json.dumps(shared)):
+        return False
+    current = code_version(METHODS[method].folder)
+    if record["code_version"] == current:
+        return True
+    recorded = read_fingerprints(path.parent).get(method, {}).get(record["code_version"])
+    if recorded is None or recorded != fingerprint(method, path.parent):
+        return False
+    print(f"{path.stem}: its code version {record['code_version']} is not today's {current}, but the method computes "
+          f"the same (behaviour fingerprint {recorded}): reused", flush=True)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+def read_fingerprints(out: Path) -> dict[str, dict[str, str]]:
+    path = out / FINGERPRINTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+_TODAY: dict[str, str] = {}  # method -> today's fingerprint, computed once per process
+
+
+def fingerprint(method: str, out: Path) -> str:
+    """Today's behaviour fingerprint of `method` (computed in a fresh process, `behaviour`), recorded in
+    out/fingerprints.json under today's code version."""
+    if method not in _TODAY:
+        result = subprocess.run([sys.executable, __file__, "--behaviour", method], capture_output=True, text=True,
+                                cwd=REPO)
+        if result.returncode:
+            raise SystemExit(f"the behaviour fingerprint of {method} failed:\n{result.stdout}\n{result.stderr}")
+        _TODAY[method] = result.stdout.split()[-1]
+        known = read_fingerprints(out)
+        known.setdefault(method, {})[code_version(METHODS[method].folder)] = _TODAY[method]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FINGERPRINTS).write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return _TODAY[method]
+
+
+class _Recorder:
+    """A closed-loop policy that feeds every action it returns into `digest`."""
+
+    def __init__(self, policy, digest):
+        self.policy, self.digest = policy, digest
+
+    def reset(self):
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
+
+    def __call__(self, obs):
+        import numpy as np
+        actions = self.policy(obs)
+        self.digest.update(np.ascontiguousarray(actions, dtype=np.float32).tobytes())
+        return actions
+
+
+def behaviour(method: str, seed: int = 0) -> str:
+    """What the method's code computes, as one hash (at one thread; a fresh process makes it reproducible): the full
+    config of the table's tiny run (so a changed preset or default counts), then the quick run of each of its input
+    kinds with the table's cameras (the smoke preset trained a few steps from `seed`) and every split and probe
+    evaluated for one episode per task; every trained weight, every action taken and every episode's outcome and
+    length is hashed (what the quick run does not execute, it cannot see). Config fields that
+    are None or False are left out of the config's hash, so adding an option that is off by default changes nothing."""
+    import tempfile
+
+    import torch
+    from common.config import parse_config, to_dict
+    from common.envs.metaworld import collect_demos, demo_spec, eval_config, evaluate
+    torch.set_num_threads(1)
+    spec = METHODS[method]
+    config, train, evaluation, model = (importlib.import_module(f"{spec.folder}.{m}")
+                                        for m in ("config", "train", "eval", "model"))
+    digest = hashlib.sha1()
+    tiny = parse_config(config.PRESETS, [*spec.flags, "--preset", "tiny", *cli_flags(settings(False))])
+    switched_on = {k: v for k, v in to_dict(tiny).items() if v is not None and v is not False}  # a new option that
+    digest.update(json.dumps(switched_on, sort_keys=True, default=str).encode())  # is off by default is no change
+    quick = dict(settings(True), cameras=SHARED["cameras"])
+    for inputs in [i for i in INPUTS if spec.reads_state or i == "robot"]:
+        with tempfile.TemporaryDirectory() as run_dir:
+            cfg = parse_config(config.PRESETS, [
+                *spec.flags, "--preset", "smoke", *cli_flags(quick), "--state_key", INPUTS[inputs], "--seed",
+                str(seed), "--run_dir", run_dir, "--eval_episodes", "0", "--threads", "1"])
+            train.train(cfg)
+            policy, cfg = evaluation.load_policy(run_dir)
+            for name, tensor in sorted(policy.state_dict().items()):
+                digest.update(name.encode() + tensor.detach().cpu().float().numpy().tobytes())
+            cfg = replace(cfg, eval_episodes=1, eval_workers=1)
+            for name, overrides in EVALS.items():
+                if overrides == "privileged_fill":
+                    if inputs != "oracle":
+                        continue
+                    overrides = dict(privileged_fill=tuple(collect_demos(demo_spec(cfg)).stats[INPUTS[inputs]]["mean"]))
+                outcome = evaluate(_Recorder(model.ClosedLoopPolicy(policy), digest), eval_config(cfg, **overrides),
+                                   progress=False)
+                digest.update(json.dumps({task: [r.successes, r.lengths] for task, r in outcome.items()}).encode())
+    return digest.hexdigest()[:12]
 
 
 # ------------------------------------------------------------------------------------------------------ the table
@@ -315,8 +422,18 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"change a shared setting for an ablation (use another --out): {sorted(SHARED)}")
     parser.add_argument("--report", action="store_true", help="only regenerate the table and figure")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="record today's behaviour fingerprint of --methods in <out>/fingerprints.json")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: method:inputs:seed:threads:eval_workers
+    parser.add_argument("--behaviour", help=argparse.SUPPRESS)  # internal: print one method's fingerprint
     args = parser.parse_args()
+    if args.behaviour:
+        print(behaviour(args.behaviour))
+        return
+    if args.fingerprint:
+        for method in args.methods.split(","):
+            print(f"{method} (code version {code_version(METHODS[method].folder)}): {fingerprint(method, args.out)}")
+        return
     if args.run:
         method, inputs, seed, threads, workers = args.run.split(":")
         run_one(method, inputs, int(seed), args.out, args.quick, tuple(args.set), int(threads), int(workers))

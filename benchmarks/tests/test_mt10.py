@@ -83,3 +83,48 @@ def test_code_version_hashes_what_the_run_imports(tmp_path, monkeypatch):
         (tmp_path / name).write_text(text)
         assert mt10.code_version("m") != before, name
         before = mt10.code_version("m")
+
+
+def test_a_run_of_older_code_is_reused_only_when_it_computes_the_same(tmp_path, monkeypatch):
+    shared = mt10.settings(quick=True)
+    record = dict(code_version="old", settings=json.loads(json.dumps(shared)))
+    (tmp_path / "bc-robot-s0.json").write_text(json.dumps(record))
+    (tmp_path / mt10.FINGERPRINTS).write_text(json.dumps({"bc": {"old": "f1"}}))
+    monkeypatch.setattr(mt10, "code_version", lambda folder: "new")
+    today = {"bc": "f1"}
+    monkeypatch.setattr(mt10, "fingerprint", lambda method, out: today[method])
+    path = tmp_path / "bc-robot-s0.json"
+    assert mt10.is_done(path, "bc", shared)  # changed code, same computation: reused
+    today["bc"] = "f2"
+    assert not mt10.is_done(path, "bc", shared)  # it computes something else: run again
+    (tmp_path / mt10.FINGERPRINTS).write_text(json.dumps({"bc": {"older": "f2"}}))
+    assert not mt10.is_done(path, "bc", shared)  # no fingerprint recorded for the run's code: run again
+    monkeypatch.setattr(mt10, "code_version", lambda folder: "old")
+    assert mt10.is_done(path, "bc", shared)
+    assert not mt10.is_done(path, "bc", dict(shared, steps=5))  # other settings: run again
+
+
+def test_behaviour_is_reproducible_and_sees_config_training_and_evaluation(tmp_path, monkeypatch):
+    """The fingerprint of one method twice is the same; another training seed, a changed preset of the tiny run, a
+    changed optimisation and a changed action at evaluation each change it."""
+    import dataclasses
+
+    import torch
+
+    from bc import config, model, train
+    from common.tests import demo_cache
+    with demo_cache.private_cache(tmp_path / "cache"):
+        first = mt10.behaviour("bc")
+        assert mt10.behaviour("bc") == first
+        assert mt10.behaviour("bc", seed=1) != first
+        with monkeypatch.context() as m:
+            m.setitem(config.PRESETS, "tiny", dataclasses.replace(config.PRESETS["tiny"], lr=1e-3))
+            assert mt10.behaviour("bc") != first
+        with monkeypatch.context() as m:
+            adamw = torch.optim.AdamW
+            m.setattr(train.torch.optim, "AdamW", lambda params, lr, **kw: adamw(params, lr=2 * lr, **kw))
+            assert mt10.behaviour("bc") != first
+        with monkeypatch.context() as m:
+            act = model.ClosedLoopPolicy.__call__
+            m.setattr(model.ClosedLoopPolicy, "__call__", lambda self, obs: act(self, obs) * 0.999)
+            assert mt10.behaviour("bc") != first
