@@ -3,6 +3,7 @@
     python train.py                              # tiny preset: MT10, 10 demos/task, ~15 min of CPU, then eval
     python train.py --tasks reach-v3 --steps 500 # any field of config.BCConfig can be overridden
     python train.py --resume                     # continue run_dir's last checkpoint exactly
+    python train.py --dataset ~/my_lerobot_dataset --cameras top --eval_episodes 0   # your demos (LeRobot v3.0)
     torchrun --nproc_per_node 2 train.py         # DDP (gloo on CPU, NCCL on GPU); same global batch
 """
 
@@ -14,9 +15,10 @@ from pathlib import Path
 import torch
 
 from common.config import parse_config, to_dict
-from common.data import ChunkDataset
+from common.data import ChunkDataset, EpisodeDataset
 from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
 from common.envs.metaworld_instructions import INSTRUCTIONS
+from common.lerobot import open_dataset
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, checkpoint_meta, cleanup_distributed, init_distributed, mean_over_ranks, plot_metrics,
                           resumable_loader, resume_last, save_checkpoint, seed_everything)
@@ -26,9 +28,18 @@ from bc.model import BCPolicy, ClosedLoopPolicy
 
 
 
-def instruction_tokenizer(cfg: BCConfig) -> str:
-    """A BPE vocabulary trained on every paraphrase of the tasks (deterministic for a fixed corpus), as JSON."""
-    corpus = [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
+def load_demos(cfg: BCConfig, keys: list[str], progress: bool) -> EpisodeDataset:
+    """The training demos: --dataset's (keys checked), or the embedded Meta-World demos (collected once, cached)."""
+    if cfg.dataset:
+        return open_dataset(cfg.dataset, [*keys, "action"])
+    return collect_demos(demo_spec(cfg), workers=cfg.collect_workers, progress=progress)
+
+
+def instruction_tokenizer(cfg: BCConfig, demos: EpisodeDataset) -> str:
+    """A BPE vocabulary (deterministic for a fixed corpus), as JSON, trained on every paraphrase of the Meta-World
+    tasks, or with --dataset on the dataset's instructions."""
+    corpus = ([e["instruction"] for e in demos.episodes] if cfg.dataset else
+              [text for task in cfg.tasks for text in INSTRUCTIONS[task]])
     return tokenizer_to_json(train_bpe_tokenizer(corpus, vocab_size=cfg.vocab_size))
 
 
@@ -42,16 +53,17 @@ def train(cfg: BCConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
 
-    # Data: collected once on rank 0 (cached on disk), then read by every rank.
+    # Data: collected (or, from --dataset, imported) once on rank 0 and cached on disk, then read by every rank.
+    keys = [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key]
     if dist.is_main:
-        collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
+        load_demos(cfg, keys, progress=True)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    demos = collect_demos(demo_spec(cfg), progress=False)
-    data = ChunkDataset(demos, cfg.horizon, [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key])
+    demos = load_demos(cfg, keys, progress=False)
+    data = ChunkDataset(demos, cfg.horizon, keys)
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
-    tokenizer_json = instruction_tokenizer(cfg)
+    tokenizer_json = instruction_tokenizer(cfg, demos)
     model = build_model(cfg, demos.stats, tokenizer_json, state_dim, action_dim).to(dist.device)
     meta = checkpoint_meta("bc", cfg, demos.stats, tokenizer_json, state_dim, action_dim)
 

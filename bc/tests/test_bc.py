@@ -13,6 +13,7 @@ from common.tests import demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics, seed_everything
 
 from bc import eval as bc_eval
+from bc import model as bc_model
 from bc.config import PRESETS, BCConfig
 from bc import train as bc_train
 from bc.train import build_model, demo_spec, instruction_tokenizer, train
@@ -33,7 +34,7 @@ def smoke(tmp_path, **overrides) -> BCConfig:
 
 def _model_and_data(cfg):
     demos = collect_demos(demo_spec(cfg))
-    model = build_model(cfg, demos.stats, instruction_tokenizer(cfg), 4, 4)
+    model = build_model(cfg, demos.stats, instruction_tokenizer(cfg, demos), 4, 4)
     return model, ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
 
 
@@ -99,3 +100,27 @@ def test_torchrun_two_processes_match_one(cache, tmp_path):
                   tmp_path / "two.log")
     one, two = ([m["loss"] for m in read_metrics(tmp_path / d)] for d in ("one", "two"))
     assert len(one) == 3 and torch.allclose(torch.tensor(one), torch.tensor(two), atol=1e-5)
+
+
+def test_trains_from_a_lerobot_dataset(cache, tmp_path):
+    """`--dataset`: the smoke demos exported to LeRobot v3.0 train a policy whose tokenizer comes from the dataset's
+    instructions and which reloads and acts; the batches equal the native ones (`common/tests/test_lerobot.py`)."""
+    from common.lerobot import MissingKeyError, export_lerobot
+    demos = collect_demos(demo_spec(PRESETS["smoke"]))
+    export_lerobot(demos, tmp_path / "lerobot", video=False)
+    cfg = smoke(tmp_path, dataset=str(tmp_path / "lerobot"), eval_episodes=0, vocab_size=300)  # > 256: merges
+    train(cfg)
+    written = read_config(last_checkpoint(cfg.run_dir))
+    assert written["config"]["dataset"] == str(tmp_path / "lerobot")
+    from_dataset = bc_train.tokenizer_to_json(bc_train.train_bpe_tokenizer(
+        [e["instruction"] for e in demos.episodes], vocab_size=cfg.vocab_size))
+    templates = instruction_tokenizer(dataclasses.replace(PRESETS["smoke"], vocab_size=300), demos)
+    assert written["tokenizer"] == from_dataset != templates  # the dataset's instructions, not Meta-World's
+    policy, _ = bc_eval.load_policy(cfg.run_dir)
+    first = demos.episode(0)
+    obs = {"images": {"corner": first["observation.images.corner"][0].copy()},  # copies: the dataset is read-only
+           "state": first["observation.state"][0].copy(), "env_state": first["observation.environment_state"][0].copy(),
+           "instruction": demos.episodes[0]["instruction"]}
+    assert bc_model.ClosedLoopPolicy(policy)(obs).shape == (cfg.n_action_steps, 4)
+    with pytest.raises(MissingKeyError, match="no feature observation.images.gripperPOV"):
+        train(smoke(tmp_path / "other", dataset=str(tmp_path / "lerobot"), cameras=("corner", "gripperPOV")))
