@@ -16,9 +16,8 @@ import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset, EpisodeDataset
-from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
-from common.envs.metaworld_instructions import INSTRUCTIONS
-from common.lerobot import open_dataset
+from common.envs.metaworld import (IMAGE_KEY, eval_config, evaluate, save_results, training_demos,
+                                   training_instructions)
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, checkpoint_meta, cleanup_distributed, init_distributed, mean_over_ranks, plot_metrics,
                           resumable_loader, resume_last, save_checkpoint, seed_everything)
@@ -28,18 +27,10 @@ from bc.model import BCPolicy, ClosedLoopPolicy
 
 
 
-def load_demos(cfg: BCConfig, keys: list[str], progress: bool) -> EpisodeDataset:
-    """The training demos: --dataset's (keys checked), or the embedded Meta-World demos (collected once, cached)."""
-    if cfg.dataset:
-        return open_dataset(cfg.dataset, [*keys, "action"])
-    return collect_demos(demo_spec(cfg), workers=cfg.collect_workers, progress=progress)
-
-
 def instruction_tokenizer(cfg: BCConfig, demos: EpisodeDataset) -> str:
     """A BPE vocabulary (deterministic for a fixed corpus), as JSON, trained on every paraphrase of the Meta-World
     tasks, or with --dataset on the dataset's instructions."""
-    corpus = ([e["instruction"] for e in demos.episodes] if cfg.dataset else
-              [text for task in cfg.tasks for text in INSTRUCTIONS[task]])
+    corpus = training_instructions(cfg, demos)
     return tokenizer_to_json(train_bpe_tokenizer(corpus, vocab_size=cfg.vocab_size))
 
 
@@ -56,10 +47,10 @@ def train(cfg: BCConfig) -> dict:
     # Data: collected (or, from --dataset, imported) once on rank 0 and cached on disk, then read by every rank.
     keys = [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key]
     if dist.is_main:
-        load_demos(cfg, keys, progress=True)
+        training_demos(cfg, keys, workers=cfg.collect_workers)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    demos = load_demos(cfg, keys, progress=False)
+    demos = training_demos(cfg, keys, progress=False)
     data = ChunkDataset(demos, cfg.horizon, keys)
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]

@@ -5,6 +5,7 @@
     python train.py --variant oft --use_film      # OFT+: FiLM on the vision features
     python train.py --tasks reach-v3 --steps 500  # any field of config.OpenVLAConfig can be overridden
     python train.py --resume                      # continue run_dir's last checkpoint exactly
+    python train.py --dataset DIR --cameras top --eval_episodes 0   # your demos (ours or LeRobot v3.0)
     torchrun --nproc_per_node 2 train.py          # DDP (gloo on CPU, NCCL on GPU); same global batch
 """
 
@@ -21,9 +22,9 @@ from pathlib import Path
 import torch
 
 from common.config import parse_config, to_dict
-from common.data import ChunkDataset
-from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
-from common.envs.metaworld_instructions import INSTRUCTIONS
+from common.data import ChunkDataset, EpisodeDataset
+from common.envs.metaworld import (IMAGE_KEY, eval_config, evaluate, save_results, training_demos,
+                                   training_instructions)
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, checkpoint_meta, cleanup_distributed, full_state, init_distributed, last_checkpoint,
                           load_pretrained, mean_over_ranks, plot_metrics, resumable_loader, resume_last,
@@ -34,22 +35,24 @@ from openvla.model import ClosedLoopPolicy, OpenVLAPolicy, make_prompt
 
 
 
-def training_prompts(cfg: OpenVLAConfig) -> list[str]:
-    return [make_prompt(text) for task in cfg.tasks for text in INSTRUCTIONS[task]]
+def training_prompts(cfg: OpenVLAConfig, demos: EpisodeDataset | None) -> list[str]:
+    """The prompt of every paraphrase (with --dataset: of the dataset's instructions)."""
+    return [make_prompt(text) for text in training_instructions(cfg, demos)]
 
 
-def build_tokenizer(cfg: OpenVLAConfig) -> str:
-    """The prompt tokenizer as JSON: a byte-level BPE of `tokenizer_vocab` tokens trained on every paraphrase's
-    prompt (the action tokens are the ids after it); `tokenizer_path` loads a local one (e.g. Llama-2's) instead."""
+def build_tokenizer(cfg: OpenVLAConfig, demos: EpisodeDataset | None) -> str:
+    """The prompt tokenizer as JSON: a byte-level BPE of `tokenizer_vocab` tokens trained on every training prompt
+    (the action tokens are the ids after it); `tokenizer_path` loads a local one (e.g. Llama-2's) instead."""
     if cfg.tokenizer_path is not None:
         return tokenizer_to_json(load_tokenizer(cfg.tokenizer_path))
-    return tokenizer_to_json(train_bpe_tokenizer(training_prompts(cfg), vocab_size=cfg.tokenizer_vocab))
+    return tokenizer_to_json(train_bpe_tokenizer(training_prompts(cfg, demos), vocab_size=cfg.tokenizer_vocab))
 
 
-def prompt_length(cfg: OpenVLAConfig, tokenizer_json: str) -> int:
+def prompt_length(cfg: OpenVLAConfig, tokenizer_json: str, demos: EpisodeDataset | None) -> int:
     """BOS + the longest training prompt in tokens + 8 of slack (used when max_text_tokens = 0)."""
     tokenizer = tokenizer_from_json(tokenizer_json)
-    return 1 + max(len(ids) for ids in tokenizer(training_prompts(cfg), add_special_tokens=False)["input_ids"]) + 8
+    prompts = training_prompts(cfg, demos)
+    return 1 + max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) + 8
 
 
 def build_policy(cfg: OpenVLAConfig, stats: dict, tokenizer_json: str, state_dim: int,
@@ -85,18 +88,19 @@ def train(cfg: OpenVLAConfig) -> dict:
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
 
-    # Data: collected once on rank 0 (cached on disk), then read by every rank.
+    # Data: collected (or, from --dataset, imported) once on rank 0 and cached on disk, then read by every rank.
+    keys = [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key]
     if dist.is_main:
-        collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
+        training_demos(cfg, keys, workers=cfg.collect_workers)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    demos = collect_demos(demo_spec(cfg), progress=False)
-    data = ChunkDataset(demos, cfg.horizon, [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key])
+    demos = training_demos(cfg, keys, progress=False)
+    data = ChunkDataset(demos, cfg.horizon, keys)
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
-    tokenizer_json = build_tokenizer(cfg)
+    tokenizer_json = build_tokenizer(cfg, demos)
     if cfg.max_text_tokens == 0:
-        cfg = replace(cfg, max_text_tokens=prompt_length(cfg, tokenizer_json))
+        cfg = replace(cfg, max_text_tokens=prompt_length(cfg, tokenizer_json, demos))
     policy = build_policy(cfg, demos.stats, tokenizer_json, state_dim, action_dim).to(dist.device)
     meta = checkpoint_meta("openvla", cfg, demos.stats, tokenizer_json, state_dim, action_dim)
     sharded = cfg.fsdp and dist.world_size > 1

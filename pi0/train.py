@@ -4,6 +4,7 @@
     python train.py --variant pi05                # π0.5
     python train.py --tasks reach-v3 --steps 500  # any field of config.PI0Config can be overridden
     python train.py --resume                      # continue run_dir's last checkpoint exactly
+    python train.py --dataset DIR --cameras top --eval_episodes 0   # your demos (ours or LeRobot v3.0)
     torchrun --nproc_per_node 2 train.py          # DDP (gloo on CPU, NCCL on GPU); same global batch
 """
 
@@ -22,8 +23,8 @@ import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset, EpisodeDataset
-from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
-from common.envs.metaworld_instructions import INSTRUCTIONS
+from common.envs.metaworld import (IMAGE_KEY, eval_config, evaluate, save_results, training_demos,
+                                   training_instructions)
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, checkpoint_meta, cleanup_distributed, full_state, init_distributed, last_checkpoint,
                           load_pretrained, mean_over_ranks, plot_metrics, resumable_loader, resume_last,
@@ -44,11 +45,12 @@ def build_tokenizer(cfg: PI0Config, demos: EpisodeDataset) -> str:
 
 
 def training_prompts(cfg: PI0Config, demos: EpisodeDataset, stride: int = 7) -> list[str]:
-    """Every paraphrase, paired with the states of every `stride`-th demo frame (π0.5 puts the state in the prompt)."""
+    """Every paraphrase (with --dataset: the dataset's instructions), paired with the states of every `stride`-th demo
+    frame (π0.5 puts the state in the prompt)."""
     frames = np.arange(0, demos.num_frames, stride)
     state = torch.as_tensor(demos.arrays[cfg.state_key][frames])
     state = state_normalizer(cfg, demos.stats).normalize(cfg.state_key, state)
-    paraphrases = [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
+    paraphrases = training_instructions(cfg, demos)
     return make_prompts(cfg, [paraphrases[i % len(paraphrases)] for i in range(len(frames))], state) + paraphrases
 
 
@@ -102,13 +104,14 @@ def train(cfg: PI0Config) -> dict:
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
 
-    # Data: collected once on rank 0 (cached on disk), then read by every rank.
+    # Data: collected (or, from --dataset, imported) once on rank 0 and cached on disk, then read by every rank.
+    keys = [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key]
     if dist.is_main:
-        collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
+        training_demos(cfg, keys, workers=cfg.collect_workers)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    demos = collect_demos(demo_spec(cfg), progress=False)
-    data = ChunkDataset(demos, cfg.horizon, [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key])
+    demos = training_demos(cfg, keys, progress=False)
+    data = ChunkDataset(demos, cfg.horizon, keys)
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
     tokenizer_json = build_tokenizer(cfg, demos)

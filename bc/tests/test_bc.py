@@ -8,15 +8,15 @@ import torch
 
 from common.config import from_dict
 from common.data import ChunkDataset
-from common.envs.metaworld import collect_demos
-from common.tests import demo_cache, processes, resume
+from common.envs.metaworld import collect_demos, demo_spec
+from common.tests import dataset_checks, demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics, seed_everything
 
 from bc import eval as bc_eval
 from bc import model as bc_model
 from bc.config import PRESETS, BCConfig
 from bc import train as bc_train
-from bc.train import build_model, demo_spec, instruction_tokenizer, train
+from bc.train import build_model, instruction_tokenizer, train
 
 BC_DIR = Path(__file__).parents[1]
 
@@ -103,24 +103,11 @@ def test_torchrun_two_processes_match_one(cache, tmp_path):
 
 
 def test_trains_from_a_lerobot_dataset(cache, tmp_path):
-    """`--dataset`: the smoke demos exported to LeRobot v3.0 train a policy whose tokenizer comes from the dataset's
-    instructions and which reloads and acts; the batches equal the native ones (`common/tests/test_lerobot.py`)."""
-    from common.lerobot import MissingKeyError, export_lerobot
-    demos = collect_demos(demo_spec(PRESETS["smoke"]))
-    export_lerobot(demos, tmp_path / "lerobot", video=False)
-    cfg = smoke(tmp_path, dataset=str(tmp_path / "lerobot"), eval_episodes=0, vocab_size=300)  # > 256: merges
-    train(cfg)
-    written = read_config(last_checkpoint(cfg.run_dir))
-    assert written["config"]["dataset"] == str(tmp_path / "lerobot")
+    """`--dataset` (common/tests/dataset_checks.py), and the instruction vocabulary comes from the dataset."""
+    cfg = smoke(tmp_path, vocab_size=300)  # > 256 byte tokens: the BPE learns merges from its corpus
+    written = dataset_checks.check_trains_from_a_lerobot_dataset(cfg, train, bc_eval.load_policy,
+                                                                 bc_model.ClosedLoopPolicy, tmp_path)
+    demos = collect_demos(demo_spec(cfg))
     from_dataset = bc_train.tokenizer_to_json(bc_train.train_bpe_tokenizer(
         [e["instruction"] for e in demos.episodes], vocab_size=cfg.vocab_size))
-    templates = instruction_tokenizer(dataclasses.replace(PRESETS["smoke"], vocab_size=300), demos)
-    assert written["tokenizer"] == from_dataset != templates  # the dataset's instructions, not Meta-World's
-    policy, _ = bc_eval.load_policy(cfg.run_dir)
-    first = demos.episode(0)
-    obs = {"images": {"corner": first["observation.images.corner"][0].copy()},  # copies: the dataset is read-only
-           "state": first["observation.state"][0].copy(), "env_state": first["observation.environment_state"][0].copy(),
-           "instruction": demos.episodes[0]["instruction"]}
-    assert bc_model.ClosedLoopPolicy(policy)(obs).shape == (cfg.n_action_steps, 4)
-    with pytest.raises(MissingKeyError, match="no feature observation.images.gripperPOV"):
-        train(smoke(tmp_path / "other", dataset=str(tmp_path / "lerobot"), cameras=("corner", "gripperPOV")))
+    assert written["tokenizer"] == from_dataset != instruction_tokenizer(cfg, demos)  # not Meta-World's templates

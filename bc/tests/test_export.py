@@ -6,14 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from common.envs.metaworld import eval_config
+from common.envs.metaworld import demo_spec, eval_config
 from common.tests import export_checks
 
 from bc import eval as bc_eval
 from bc import export as bc_export
 from bc.config import PRESETS
 from bc.model import ClosedLoopPolicy
-from bc.train import demo_spec, train
+from bc.train import train
 
 pytest.importorskip("onnxruntime")
 

@@ -212,6 +212,24 @@ def demo_spec(cfg: Any) -> DemoSpec:
                     cameras=cfg.cameras, seed=cfg.demo_seed)
 
 
+def training_demos(cfg: Any, keys: Iterable[str], workers: int = 2, progress: bool = True) -> EpisodeDataset:
+    """What a manipulation method trains on: with `cfg.dataset` (a directory of ours or a LeRobot v3.0 dataset) its
+    demos, `keys` and "action" checked by `common.lerobot.open_dataset`; else the embedded demos of `demo_spec(cfg)`,
+    collected once over `workers` processes and cached."""
+    if cfg.dataset:
+        from common.lerobot import open_dataset  # here: pyarrow and PyAV are needed for LeRobot datasets only
+        return open_dataset(cfg.dataset, [*keys, "action"])
+    return collect_demos(demo_spec(cfg), workers=workers, progress=progress)
+
+
+def training_instructions(cfg: Any, demos: EpisodeDataset | None) -> list[str]:
+    """The instructions a method's tokenizer is trained on: every paraphrase of `cfg.tasks`, or with `cfg.dataset`
+    the dataset's own instructions (`demos`, read only then), one per episode."""
+    if cfg.dataset:
+        return [episode["instruction"] for episode in demos.episodes]
+    return [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
 

@@ -21,7 +21,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
-from common.envs.metaworld import eval_config, evaluate
+from common.envs.metaworld import demo_spec, eval_config, evaluate
 from common.policy import load_policy
 from common.serve import PolicyServer, ServeConfig, packb, unpackb
 from common.tests import demo_cache
@@ -29,7 +29,7 @@ from common.train import last_checkpoint, rebuild_policy
 
 from bc.config import PRESETS, BCConfig
 from bc.model import ClosedLoopPolicy
-from bc.train import build_model, demo_spec, train
+from bc.train import build_model, train
 
 REPO = Path(__file__).parents[2]
 

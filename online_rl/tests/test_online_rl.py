@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from common.envs.metaworld import MetaWorldEnv
+from common.envs.metaworld import MetaWorldEnv, demo_spec
 from common.metrics import wilson_interval
 from common.policy import Policy, load_policy, observations
 from common.tests import contract, demo_cache, resume
 from common.train import last_checkpoint, read_metrics
 
 from bc.config import PRESETS
-from bc.train import demo_spec, train as train_bc
+from bc.train import train as train_bc
 from gr00t.config import PRESETS as GR00T_PRESETS
 from gr00t.train import train as train_gr00t
 from openvla.config import PRESETS as OPENVLA_PRESETS

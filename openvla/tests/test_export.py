@@ -6,14 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from common.envs.metaworld import eval_config
+from common.envs.metaworld import demo_spec, eval_config
 from common.tests import export_checks
 
 from openvla import eval as openvla_eval
 from openvla import export as openvla_export
 from openvla.config import PRESETS
 from openvla.model import ClosedLoopPolicy
-from openvla.train import demo_spec, train
+from openvla.train import train
 
 pytest.importorskip("onnxruntime")
 

@@ -12,9 +12,9 @@ from transformers import LlamaForCausalLM
 
 from common.config import from_dict, merge
 from common.data import ChunkDataset
-from common.envs.metaworld import collect_demos
+from common.envs.metaworld import collect_demos, demo_spec
 from common.text import train_bpe_tokenizer
-from common.tests import demo_cache, processes, resume
+from common.tests import dataset_checks, demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics
 
 from openvla import eval as openvla_eval
@@ -23,7 +23,7 @@ from openvla.config import PRESETS, OpenVLAConfig, resolve
 from openvla.model import (ActionTokenizer, L1RegressionActionHead, OpenVLA, block_attention_mask, bounds_q99,
                            l1_loss, llama_config, load_official_state_dict, make_prompt, official_key_to_ours,
                            to_official_state_dict, tokenize_prompts)
-from openvla.train import build_policy, build_tokenizer, demo_spec, train
+from openvla.train import build_policy, build_tokenizer, train
 
 OPENVLA_DIR = Path(__file__).parents[1]
 ACTION_DIM, STATE_DIM = 4, 39
@@ -304,7 +304,7 @@ def test_policy_tokenises_demo_actions(cache, tmp_path):
     tokens of the normalised demo actions gives them back within half a bin."""
     cfg = resolve(smoke(tmp_path))
     demos = collect_demos(demo_spec(cfg))
-    tokenizer_json = build_tokenizer(cfg)
+    tokenizer_json = build_tokenizer(cfg, demos)
     policy = build_policy(dataclasses.replace(cfg, max_text_tokens=40), demos.stats, tokenizer_json,
                           demos.features[cfg.state_key]["shape"][0], ACTION_DIM)
     assert len(policy.tokenizer) <= cfg.text_vocab - cfg.action_bins
@@ -355,3 +355,10 @@ def test_torchrun_two_processes_match_one(cache, tmp_path):
     one, ddp, fsdp = ([m["loss"] for m in read_metrics(tmp_path / d)] for d in ("one", "ddp", "fsdp"))
     assert len(one) == 3 and torch.allclose(torch.tensor(one), torch.tensor(ddp), atol=1e-5)
     assert torch.allclose(torch.tensor(one), torch.tensor(fsdp), atol=1e-5), (one, fsdp)
+
+
+def test_trains_from_a_lerobot_dataset(cache, tmp_path):
+    """`--dataset`: common/tests/dataset_checks.py."""
+    from openvla import eval as openvla_eval, model as openvla_model
+    dataset_checks.check_trains_from_a_lerobot_dataset(PRESETS["smoke"], train, openvla_eval.load_policy,
+                                                       openvla_model.ClosedLoopPolicy, tmp_path)

@@ -6,13 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from common.envs.metaworld import eval_config
+from common.envs.metaworld import demo_spec, eval_config
 from common.tests import export_checks
 
 from pi0 import eval as pi0_eval
 from pi0 import export as pi0_export
 from pi0.config import PRESETS
-from pi0.train import demo_spec, train
+from pi0.train import train
 
 pytest.importorskip("onnxruntime")
 VARIANTS = ("pi0", "pi05")

@@ -12,8 +12,8 @@ from transformers.models.gemma.modeling_gemma import rotate_half
 
 from common.config import from_dict, merge
 from common.data import ChunkDataset
-from common.envs.metaworld import collect_demos
-from common.tests import demo_cache, processes, resume
+from common.envs.metaworld import collect_demos, demo_spec
+from common.tests import dataset_checks, demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics
 
 from pi0 import eval as pi0_eval
@@ -22,7 +22,7 @@ from pi0.config import PRESETS, PI0Config
 from pi0.fast_sampling import rotate_half_rows
 from pi0.model import (PI0, block_attention_mask, flow_matching_loss, load_official_state_dict,
                        official_key_to_ours, sample_time, to_official_state_dict)
-from pi0.train import build_policy, build_tokenizer, demo_spec, training_noise, train
+from pi0.train import build_policy, build_tokenizer, training_noise, train
 
 PI0_DIR = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -334,3 +334,10 @@ def test_torchrun_two_processes_match_one(cache, tmp_path):
     # their rounding noise into lr-sized steps, so they alone are not compared
     same = [torch.allclose(a[k], b[k], atol=1e-6) for k in a if not k.endswith("self_attn.k_proj.bias")]
     assert a.keys() == b.keys() and len(same) > 50 and all(same)
+
+
+def test_trains_from_a_lerobot_dataset(cache, tmp_path):
+    """`--dataset`: common/tests/dataset_checks.py."""
+    from pi0 import eval as pi0_eval, model as pi0_model
+    dataset_checks.check_trains_from_a_lerobot_dataset(PRESETS["smoke"], train, pi0_eval.load_policy,
+                                                       pi0_model.ClosedLoopPolicy, tmp_path)
