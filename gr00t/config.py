@@ -84,6 +84,12 @@ class Gr00tConfig:
     #                                                   the third-person view and the wrist view
     demo_seed: int = 0  # placements of the demos (evaluation uses eval_seed: unseen placements)
     collect_workers: int = 2  # processes for demo collection
+    dataset: str | None = None  # train on your demos instead: a directory of ours or a LeRobot v3.0 dataset
+    #                             (common.lerobot.open_dataset); it must hold the --cameras images, --state_key and
+    #                             "action"; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    embodiment: str | None = None  # an Isaac-GR00T modality spec (a modality.json, or a dataset directory with
+    #                                meta/modality.json; gr00t/modality.py): the cameras, and the state and action as
+    #                                named slices of the data's; None: --dataset's meta/modality.json if it has one
     state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D
     #                                       "observation.environment_state" (object and goal poses) is the oracle
     # --- optimisation (Isaac-GR00T's finetune script: AdamW, lr 1e-4, wd 1e-5, 5% warmup, cosine)

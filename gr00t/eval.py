@@ -15,16 +15,22 @@ from pathlib import Path
 import tyro
 
 from common.envs.metaworld import EvalArgs
-from common.train import rebuild_policy, resolve_checkpoint
+from common.train import read_config, rebuild_policy, resolve_checkpoint
 
 from gr00t.config import Gr00tConfig
+from gr00t.modality import ModalitySpec
 from gr00t.model import Gr00tPolicy
 from gr00t.train import build_policy, evaluate_policy
 
 
 def load_policy(checkpoint: str | Path) -> tuple[Gr00tPolicy, Gr00tConfig]:
-    """The trained policy and its config, rebuilt from a checkpoint (or run) directory alone."""
-    return rebuild_policy(checkpoint, Gr00tConfig, build_policy)
+    """The trained policy and its config, rebuilt from a checkpoint (or run) directory alone (with the embodiment's
+    modality spec when it was trained on one)."""
+    policy, cfg = rebuild_policy(checkpoint, Gr00tConfig, build_policy)
+    written = read_config(resolve_checkpoint(checkpoint))
+    if "modality" in written:
+        policy.modality = ModalitySpec.from_dict(written["modality"])
+    return policy, cfg
 
 
 def main(args: EvalArgs) -> dict:

@@ -37,10 +37,11 @@ from transformers import Qwen3Config, Qwen3Model
 
 from common.data import Normalizer
 from common.encoders import siglip_vision_tower
-from common.envs.metaworld import IMAGE_KEY, to_features
+from common.envs.metaworld import ACTION_DIM, IMAGE_KEY, to_features
 from common.text import tokenize
 
 from .config import Gr00tConfig, TransformerSize
+from .modality import ModalitySpec
 
 
 # ---------------------------------------------------------------------------------------------------- flow matching
@@ -441,6 +442,8 @@ class Gr00tPolicy(nn.Module):
         self.image_tokens = (cfg.image_size // cfg.vision.patch_size) ** 2
         self.normalizer = min_max_normalizer(cfg, stats)
         self.model = GR00T(cfg)
+        self.modality: ModalitySpec | None = None  # the embodiment's spec when it was trained on one (its
+        #                                            checkpoint holds it): ClosedLoopPolicy maps the robot through it
 
     @property
     def device(self) -> torch.device:
@@ -497,8 +500,11 @@ class ClosedLoopPolicy:
 
     @torch.no_grad()
     def __call__(self, obs: dict) -> np.ndarray:
-        policy = self.policy
+        policy, spec = self.policy, self.policy.modality
         features = to_features(obs)
+        if spec is not None:  # the robot's observation as the embodiment's spec sees it
+            features = spec.observation(features, policy.cfg.state_key)
         batch = {k: torch.as_tensor(np.asarray(features[k]))[None] for k in (*policy.image_keys, policy.cfg.state_key)}
         batch["instruction"] = [obs["instruction"]]
-        return policy.predict_chunk(batch)[0, :policy.cfg.n_action_steps].cpu().numpy()
+        actions = policy.predict_chunk(batch)[0, :policy.cfg.n_action_steps].cpu().numpy()
+        return actions if spec is None else spec.robot_action(actions, ACTION_DIM)

@@ -4,6 +4,7 @@
     python train.py --no-tune_llm --no-tune_visual   # the release's frozen VLM (random at tiny size)
     python train.py --tasks reach-v3 --steps 500      # any field of config.Gr00tConfig can be overridden
     python train.py --resume                          # continue run_dir's last checkpoint exactly
+    python train.py --dataset DIR --cameras top --eval_episodes 0   # your demos (ours or LeRobot v3.0)
     python train.py --init_from runs/gr00t --embodiment_id 30 --cameras gripperPOV --run_dir runs/gr00t_wrist
                                                       # fine-tune onto another embodiment: shared weights kept,
                                                       # the new slot of every embodiment-specific layer fresh
@@ -25,30 +26,41 @@ from safetensors.torch import load_file
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset, EpisodeDataset
-from common.envs.metaworld import IMAGE_KEY, collect_demos, demo_spec, eval_config, evaluate, save_results
-from common.envs.metaworld_instructions import INSTRUCTIONS
+from common.envs.metaworld import (IMAGE_KEY, eval_config, evaluate, save_results, training_demos,
+                                   training_instructions)
 from common.text import load_tokenizer, tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, checkpoint_meta, cleanup_distributed, full_state, init_distributed, last_checkpoint,
                           load_pretrained, mean_over_ranks, plot_metrics, read_config, resolve_checkpoint,
                           resumable_loader, resume_last, save_checkpoint, seed_everything)
 
 from gr00t.config import PRESETS, Gr00tConfig
+from gr00t.modality import MODALITY_PATH, ModalitySpec
 from gr00t.model import CategorySpecificLinear, ClosedLoopPolicy, Gr00tPolicy, sample_time
 
 
-def build_tokenizer(cfg: Gr00tConfig) -> str:
-    """The instruction tokenizer as JSON: a byte-level BPE trained on every paraphrase of the tasks (Eagle's Qwen3
-    tokenizer cannot be downloaded here); `tokenizer_path` loads a local one instead."""
+def build_tokenizer(cfg: Gr00tConfig, demos: EpisodeDataset | None) -> str:
+    """The instruction tokenizer as JSON: a byte-level BPE trained on every paraphrase of the tasks (with --dataset:
+    on the dataset's instructions; Eagle's Qwen3 tokenizer cannot be downloaded here); `tokenizer_path` loads a
+    local one instead."""
     if cfg.tokenizer_path is not None:
         return tokenizer_to_json(load_tokenizer(cfg.tokenizer_path))
-    texts = [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
-    return tokenizer_to_json(train_bpe_tokenizer(texts, vocab_size=cfg.tokenizer_vocab))
+    return tokenizer_to_json(train_bpe_tokenizer(training_instructions(cfg, demos), vocab_size=cfg.tokenizer_vocab))
 
 
-def instruction_length(cfg: Gr00tConfig, tokenizer_json: str) -> int:
-    """The longest paraphrase in tokens plus 4 of slack (used when max_text_tokens = 0)."""
-    texts = [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
+def instruction_length(cfg: Gr00tConfig, tokenizer_json: str, demos: EpisodeDataset | None) -> int:
+    """The longest training instruction in tokens plus 4 of slack (used when max_text_tokens = 0)."""
+    texts = training_instructions(cfg, demos)
     return max(len(ids) for ids in tokenizer_from_json(tokenizer_json)(texts)["input_ids"]) + 4
+
+
+def embodiment_spec(cfg: Gr00tConfig) -> ModalitySpec | None:
+    """The run's modality spec: --embodiment's, else --dataset's meta/modality.json if it has one, else None (the
+    config's cameras and state_key, the data's whole action)."""
+    if cfg.embodiment:
+        return ModalitySpec.read(cfg.embodiment)
+    if cfg.dataset and (Path(cfg.dataset) / MODALITY_PATH).exists():
+        return ModalitySpec.read(cfg.dataset)
+    return None
 
 
 def build_policy(cfg: Gr00tConfig, stats: dict, tokenizer_json: str, state_dim: int, action_dim: int) -> Gr00tPolicy:
@@ -115,18 +127,24 @@ def train(cfg: Gr00tConfig) -> dict:
     if cfg.batch_size % dist.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {dist.world_size} processes")
 
-    # Data: collected once on rank 0 (cached on disk), then read by every rank.
+    # Data: collected (or, from --dataset, imported) once on rank 0 and cached on disk, then read by every rank;
+    # with a modality spec, as that embodiment sees it (its cameras, its state and action slices)
+    spec = embodiment_spec(cfg)
+    keys = ([*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key] if spec is None else
+            [*(key for _, key in spec.video), *{f.original_key for f in spec.state}])
     if dist.is_main:
-        collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
+        training_demos(cfg, keys, workers=cfg.collect_workers)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    demos: EpisodeDataset = collect_demos(demo_spec(cfg), progress=False)
+    demos: EpisodeDataset = training_demos(cfg, keys, progress=False)
+    if spec is not None:
+        demos, cfg = spec.view(demos, cfg.state_key), replace(cfg, cameras=spec.cameras)
     data = ChunkDataset(demos, cfg.horizon, [*(IMAGE_KEY.format(camera=c) for c in cfg.cameras), cfg.state_key])
     state_dim = demos.features[cfg.state_key]["shape"][0]
     action_dim = demos.features["action"]["shape"][0]
-    tokenizer_json = build_tokenizer(cfg)
+    tokenizer_json = build_tokenizer(cfg, demos)
     if cfg.max_text_tokens == 0:
-        cfg = replace(cfg, max_text_tokens=instruction_length(cfg, tokenizer_json))
+        cfg = replace(cfg, max_text_tokens=instruction_length(cfg, tokenizer_json, demos))
     policy = build_policy(cfg, demos.stats, tokenizer_json, state_dim, action_dim)
     if cfg.init_from is not None and not cfg.resume:
         fresh = init_from_checkpoint(policy, cfg.init_from)
@@ -134,6 +152,8 @@ def train(cfg: Gr00tConfig) -> dict:
             print(f"initialised from {cfg.init_from}; embodiment slot {cfg.embodiment_id} fresh in {len(fresh)} layers")
     policy.to(dist.device)
     meta = checkpoint_meta("gr00t", cfg, demos.stats, tokenizer_json, state_dim, action_dim)
+    if spec is not None:  # the checkpoint carries the spec: the evaluation maps the robot's observations through it
+        meta["modality"], policy.modality = dict(spec.raw), spec
     sharded = cfg.fsdp and dist.world_size > 1
     if sharded:
         shard(policy)

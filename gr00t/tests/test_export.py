@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from common.envs.metaworld import eval_config
+from common.envs.metaworld import demo_spec, eval_config
 from common.tests import export_checks
 
 from gr00t import eval as gr00t_eval
 from gr00t import export as gr00t_export
 from gr00t.config import PRESETS
-from gr00t.train import demo_spec, train
+from gr00t.train import train
 
 pytest.importorskip("onnxruntime")
 

@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -10,17 +11,19 @@ from safetensors.torch import load_file, save_file
 
 from common.config import from_dict
 from common.data import ChunkDataset
-from common.envs.metaworld import collect_demos
-from common.tests import demo_cache, processes, resume
+from common.envs.metaworld import collect_demos, demo_spec
+from common.lerobot import export_lerobot
+from common.tests import dataset_checks, demo_cache, processes, resume
 from common.train import last_checkpoint, read_config, read_metrics
 
 from gr00t import eval as gr00t_eval
 from gr00t import train as gr00t_train
 from gr00t.config import PRESETS, Gr00tConfig, Qwen3Size, TransformerSize
-from gr00t.model import (GR00T, CategorySpecificLinear, FlowMatchingActionHead,
+from gr00t.modality import ModalitySpec
+from gr00t.model import (GR00T, CategorySpecificLinear, ClosedLoopPolicy, FlowMatchingActionHead,
                          load_official_state_dict, official_key_to_ours, sample_time, time_buckets,
                          to_official_state_dict)
-from gr00t.train import build_policy, build_tokenizer, demo_spec, init_from_checkpoint, train, training_noise
+from gr00t.train import build_policy, build_tokenizer, init_from_checkpoint, train, training_noise
 
 torch.set_num_threads(1)
 GR00T_DIR = Path(__file__).parents[1]
@@ -248,7 +251,7 @@ def test_backbone_places_image_features_and_pads_left(tmp_path):
     """The prompt is [image placeholders, instruction], left-padded as Eagle's; the placeholders take the
     connector's outputs of every camera in order; a frozen VLM gets no gradient and stays in eval mode."""
     cfg = dataclasses.replace(PRESETS["smoke"], cameras=("corner", "gripperPOV"), max_text_tokens=12)
-    policy = build_policy(cfg, fake_stats(), build_tokenizer(cfg), 4, 4)
+    policy = build_policy(cfg, fake_stats(), build_tokenizer(cfg, None), 4, 4)
     batch = fake_batch(cfg, ["reach the goal", "close the drawer now please"])
     images, ids, mask, is_image, state, embodiment = policy.inputs(batch)
     n = policy.image_tokens * 2
@@ -333,7 +336,7 @@ def test_loss_decreases_on_a_fixed_batch(cache, tmp_path):
     cfg = smoke(tmp_path, max_text_tokens=16)
     demos = collect_demos(demo_spec(cfg))
     torch.manual_seed(0)  # the initial weights, whatever tests ran before
-    policy = build_policy(cfg, demos.stats, build_tokenizer(cfg), 4, 4)
+    policy = build_policy(cfg, demos.stats, build_tokenizer(cfg, demos), 4, 4)
     data = ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
     batch = torch.utils.data.default_collate([data[i] for i in range(0, 64, 8)])
     noise, t, crop = training_noise(dataclasses.replace(cfg, batch_size=8), 0, 0, 1)
@@ -370,7 +373,8 @@ def test_new_embodiment_keeps_shared_weights(cache, tmp_path):
     target = dataclasses.replace(source, run_dir=str(tmp_path / "wrist"), cameras=("gripperPOV",), embodiment_id=30,
                                  max_text_tokens=0)
     demos = collect_demos(demo_spec(target))
-    policy = build_policy(dataclasses.replace(target, max_text_tokens=16), demos.stats, build_tokenizer(target), 4, 4)
+    policy = build_policy(dataclasses.replace(target, max_text_tokens=16), demos.stats, build_tokenizer(target, demos),
+                          4, 4)
     fresh = init_from_checkpoint(policy, source.run_dir)
     assert len(fresh) == 7
     trained = load_file(last_checkpoint(source.run_dir) / "model.safetensors")
@@ -411,3 +415,69 @@ def test_torchrun_two_processes_match_one(cache, tmp_path):
     # their rounding noise into lr-sized steps, so they alone are not compared
     same = [torch.allclose(a[k], b[k], atol=1e-6) for k in a if not k.endswith(("k_proj.bias", "to_k.bias"))]
     assert a.keys() == b.keys() and len(same) > 50 and all(same)
+
+
+def test_trains_from_a_lerobot_dataset(cache, tmp_path):
+    """`--dataset`: common/tests/dataset_checks.py."""
+    from gr00t import eval as gr00t_eval, model as gr00t_model
+    dataset_checks.check_trains_from_a_lerobot_dataset(PRESETS["smoke"], train, gr00t_eval.load_policy,
+                                                       gr00t_model.ClosedLoopPolicy, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ a modality spec
+SPEC = {  # Isaac-GR00T's meta/modality.json schema: a new embodiment that reads the hand position but not the gripper
+    "state": {"eef_position": {"start": 0, "end": 3}},
+    "action": {"eef_delta": {"start": 0, "end": 3}, "gripper": {"start": 3, "end": 4, "absolute": True}},
+    "video": {"front": {"original_key": "observation.images.corner"}},
+    "annotation": {"human.task_description": {}}}
+
+
+def test_modality_spec_reads_slices_and_names_what_is_wrong():
+    spec = ModalitySpec.from_dict(SPEC)
+    assert [(f.name, f.start, f.end, f.original_key) for f in spec.state] == [("eef_position", 0, 3,
+                                                                               "observation.state")]
+    assert [f.original_key for f in spec.action] == ["action", "action"] and spec.cameras == ("corner",)
+    features = {"observation.images.corner": {"shape": [32, 32, 3]}, "observation.state": {"shape": [4]},
+                "action": {"shape": [4]}}
+    spec.check(features)
+    state = np.arange(4, dtype=np.float32)
+    seen = spec.observation({"observation.images.corner": np.zeros((32, 32, 3)), "observation.state": state})
+    assert seen["observation.state"].tolist() == [0, 1, 2]
+    actions = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)  # the model's (eef_delta, gripper) per step
+    assert spec.robot_action(actions, 4).tolist() == actions.tolist()
+    swapped = ModalitySpec.from_dict({**SPEC, "action": {"gripper": {"start": 3, "end": 4},
+                                                         "eef_delta": {"start": 0, "end": 3}}})
+    assert swapped.robot_action(actions, 4).tolist() == [[2, 3, 4, 1], [6, 7, 8, 5]]  # fields in the spec's order
+    with pytest.raises(ValueError, match=r"state.eef_position: \[0, 5\) is outside 'observation.state' \(4 wide\)"):
+        ModalitySpec.from_dict({**SPEC, "state": {"eef_position": {"start": 0, "end": 5}}}).check(features)
+    with pytest.raises(KeyError, match="video.front: the data has no 'observation.images.top'"):
+        ModalitySpec.from_dict({**SPEC, "video": {"front": {"original_key": "observation.images.top"}}}).check(
+            features)
+    with pytest.raises(ValueError, match="start 3 >= end 3"):
+        ModalitySpec.from_dict({**SPEC, "action": {"gripper": {"start": 3, "end": 3}}})
+    with pytest.raises(ValueError, match="non-empty 'video'"):
+        ModalitySpec.from_dict({k: v for k, v in SPEC.items() if k != "video"})
+
+
+def test_new_embodiment_from_the_datasets_modality_spec(cache, tmp_path):
+    """Fine-tuning onto a new embodiment described by a GR00T-flavoured LeRobot dataset: its meta/modality.json is
+    read, the model sees that embodiment's 3-D state, the checkpoint carries the spec, and the evaluation maps the
+    Meta-World robot through it (its full 4-D state in, 4-D actions out)."""
+    source = smoke(tmp_path, eval_episodes=0)
+    train(source)
+    demos = collect_demos(demo_spec(source))
+    export_lerobot(demos, tmp_path / "lerobot", video=False)
+    (tmp_path / "lerobot" / "meta" / "modality.json").write_text(json.dumps(SPEC))
+    target = smoke(tmp_path / "new", dataset=str(tmp_path / "lerobot"), embodiment_id=30, init_from=source.run_dir,
+                   steps=2, save_every=2, log_every=1, eval_episodes=1)
+    results = train(target)
+    assert set(results) == set(target.tasks)  # the Meta-World evaluation ran through the spec
+    written = read_config(last_checkpoint(target.run_dir))
+    assert written["modality"] == SPEC and written["state_dim"] == 3 and written["action_dim"] == 4
+    assert written["stats"]["observation.state"]["mean"] == demos.stats["observation.state"]["mean"][:3]
+    policy, cfg = gr00t_eval.load_policy(target.run_dir)
+    assert policy.modality == ModalitySpec.from_dict(SPEC) and cfg.cameras == ("corner",)
+    first = {key: np.array(frames[0]) for key, frames in demos.episode(0).items()}
+    obs = {"images": {"corner": first["observation.images.corner"]}, "state": first["observation.state"],
+           "env_state": first["observation.environment_state"], "instruction": demos.episodes[0]["instruction"]}
+    assert ClosedLoopPolicy(policy)(obs).shape == (cfg.n_action_steps, 4)
