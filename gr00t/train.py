@@ -203,6 +203,7 @@ def train(cfg: Gr00tConfig) -> dict:
         if sharded:  # evaluate an unsharded copy of the final weights
             policy = build_policy(cfg, demos.stats, tokenizer_json, state_dim, action_dim)
             load_pretrained(policy, last_checkpoint(run_dir))
+            policy.modality = spec
         results = evaluate_policy(policy.cpu(), cfg, run_dir)
     cleanup_distributed()
     return results
