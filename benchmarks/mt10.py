@@ -331,7 +331,7 @@ def column_values(record: dict, column: str) -> tuple[int, int] | None:
 def report(out: Path, stem: str) -> str:
     """Table (Markdown + CSV) and figure from every run file in `out`."""
     from common.metrics import wilson_interval
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != FINGERPRINTS]
     if not records:
         raise SystemExit(f"no run files in {out}: run the benchmark first")
     rows = {}

@@ -44,6 +44,7 @@ def test_every_method_runs_every_split_and_probe(quick):
 def test_finished_runs_are_reused_and_oracle_rows_added(quick):
     out, _ = quick
     before = (out / "bc-robot-s0.json").stat().st_mtime_ns
+    (out / mt10.FINGERPRINTS).write_text(json.dumps({"bc": {"0123456789ab": "ba9876543210"}}))  # not a run file
     second = run("--methods", "bc", "--oracle_seeds", "0", out=out)
     assert "1 of 2 runs already done" in second
     assert (out / "bc-robot-s0.json").stat().st_mtime_ns == before
