@@ -414,7 +414,7 @@ def plot(rows: dict, order: list, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the robot-input rows")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds of the robot-input rows ('' for none)")
     parser.add_argument("--oracle_seeds", default="0", help="training seeds of the oracle rows ('' for none)")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets 2 // jobs threads)")
     parser.add_argument("--out", type=Path, default=RESULTS / "mt10", help="run files go here, the table beside it")
@@ -444,7 +444,7 @@ def main() -> None:
         unknown = set(methods) - set(METHODS)
         if unknown:
             raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
-        seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+        seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",") if s]
         oracle_seeds = [int(s) for s in args.oracle_seeds.split(",") if s]
         robot = [(m, "robot", s) for s in seeds for m in methods]
         oracle = [(m, "oracle", s) for s in oracle_seeds for m in methods if METHODS[m].reads_state]
