@@ -17,7 +17,8 @@ class BCConfig:
     collect_workers: int = 2  # processes for demo collection
     dataset: str | None = None  # train on your demos instead: a directory of ours or a LeRobot v3.0 dataset
     #                             (common.lerobot.open_dataset); it must hold the --cameras images, --state_key and
-    #                             "action"; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    #                             --action_key; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    action_key: str | None = None  # with --dataset: its action feature (None: "action", LeRobot's name)
     # --- model: ResNet-18 image encoder (shared by the cameras) + state + instruction embedding -> MLP -> chunk
     image_size: int = 64  # images are resized to this side before the ResNet (CPU budget)
     state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D

@@ -15,6 +15,7 @@ a matter of copying arrays.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -142,6 +143,16 @@ class EpisodeDataset:
         """All frames of episode i, as arrays (views into the memory map)."""
         ep = self.episodes[i]
         return {k: a[ep["start"]:ep["start"] + ep["length"]] for k, a in self.arrays.items()}
+
+
+def rename_features(dataset: EpisodeDataset, names: Mapping[str, str]) -> EpisodeDataset:
+    """A view of `dataset` (the same memory maps, episodes and statistics) whose features `names` maps are renamed,
+    e.g. {"actions": "action"} for a dataset that calls its actions otherwise."""
+    view = copy.copy(dataset)
+    view.arrays = {names.get(k, k): v for k, v in dataset.arrays.items()}
+    view.features = {names.get(k, k): v for k, v in dataset.features.items()}
+    view.stats = {names.get(k, k): v for k, v in dataset.stats.items()}
+    return view
 
 
 def compute_stats(dataset: EpisodeDataset, keys: Iterable[str] | None = None) -> dict[str, dict[str, list[float]]]:

@@ -86,7 +86,8 @@ class Gr00tConfig:
     collect_workers: int = 2  # processes for demo collection
     dataset: str | None = None  # train on your demos instead: a directory of ours or a LeRobot v3.0 dataset
     #                             (common.lerobot.open_dataset); it must hold the --cameras images, --state_key and
-    #                             "action"; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    #                             --action_key; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    action_key: str | None = None  # with --dataset: its action feature (None: "action", LeRobot's name)
     embodiment: str | None = None  # an Isaac-GR00T modality spec (a modality.json, or a dataset directory with
     #                                meta/modality.json; gr00t/modality.py): the cameras, and the state and action as
     #                                named slices of the data's; None: --dataset's meta/modality.json if it has one

@@ -62,7 +62,8 @@ class PI0Config:
     collect_workers: int = 2  # processes for demo collection
     dataset: str | None = None  # train on your demos instead: a directory of ours or a LeRobot v3.0 dataset
     #                             (common.lerobot.open_dataset); it must hold the --cameras images, --state_key and
-    #                             "action"; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    #                             --action_key; the evaluation stays Meta-World's (--eval_episodes 0 for another robot)
+    action_key: str | None = None  # with --dataset: its action feature (None: "action", LeRobot's name)
     state_key: str = "observation.state"  # the robot's proprioception (hand xyz, gripper); the privileged 39-D
     #                                       "observation.environment_state" (object and goal poses) is the oracle
     tokenizer_vocab: int = 1024  # BPE trained on the prompts (PaliGemma's tokenizer cannot be downloaded here)

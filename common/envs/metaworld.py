@@ -57,7 +57,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
+from common.data import EpisodeDataset, EpisodeWriter, rename_features  # noqa: E402
 from common.envs.metaworld_instructions import HELD_OUT_INSTRUCTIONS, INSTRUCTIONS  # noqa: E402
 from common.metrics import wilson_interval  # noqa: E402
 
@@ -214,11 +214,14 @@ def demo_spec(cfg: Any) -> DemoSpec:
 
 def training_demos(cfg: Any, keys: Iterable[str], workers: int = 2, progress: bool = True) -> EpisodeDataset:
     """What a manipulation method trains on: with `cfg.dataset` (a directory of ours or a LeRobot v3.0 dataset) its
-    demos, `keys` and "action" checked by `common.lerobot.open_dataset`; else the embedded demos of `demo_spec(cfg)`,
-    collected once over `workers` processes and cached."""
+    demos, `keys` and the action feature `cfg.action_key` (None: "action", LeRobot's name; read as "action") checked
+    by `common.lerobot.open_dataset`; else the embedded demos of `demo_spec(cfg)`, collected once over `workers`
+    processes and cached."""
     if cfg.dataset:
         from common.lerobot import open_dataset  # here: pyarrow and PyAV are needed for LeRobot datasets only
-        return open_dataset(cfg.dataset, [*keys, "action"])
+        action_key = cfg.action_key or "action"
+        demos = open_dataset(cfg.dataset, [*keys, action_key])
+        return demos if action_key == "action" else rename_features(demos, {action_key: "action"})
     return collect_demos(demo_spec(cfg), workers=workers, progress=progress)
 
 

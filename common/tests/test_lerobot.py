@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from common.data import EpisodeWriter
+from common.data import EpisodeDataset, EpisodeWriter
 from common.lerobot import LeRobotFormatError, export_lerobot, import_lerobot
 
 FPS = 10
@@ -309,3 +309,25 @@ def test_embedded_demos_through_lerobot_give_the_native_batches(tmp_path):
         open_dataset(tmp_path / "lerobot", ["observation.images.wrist"], cache_dir=tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="neither an episode dataset"):
         open_dataset(tmp_path, keys)
+
+
+def test_training_demos_read_the_action_key_a_dataset_uses(tmp_path):
+    """`--action_key`: a dataset whose actions are called otherwise is read with them as `action` (the same memory
+    map and statistics); without the flag the error names the missing `action`."""
+    from types import SimpleNamespace
+
+    from common.envs.metaworld import training_demos
+    from common.lerobot import MissingKeyError
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(tmp_path / "ours", {"observation.state": ((4,), "float32"), "actions": ((2,), "float32")},
+                       fps=10) as writer:
+        for n in (5, 7):
+            writer.add_episode({"observation.state": rng.normal(size=(n, 4)).astype(np.float32),
+                                "actions": rng.normal(size=(n, 2)).astype(np.float32)}, task="t", instruction="go")
+    cfg = SimpleNamespace(dataset=str(tmp_path / "ours"), action_key="actions")
+    demos = training_demos(cfg, ["observation.state"])
+    assert "actions" not in demos.features and demos.features["action"]["shape"] == [2]
+    assert np.array_equal(demos.arrays["action"], EpisodeDataset(tmp_path / "ours").arrays["actions"])
+    assert demos.stats["action"] == EpisodeDataset(tmp_path / "ours").stats["actions"]
+    with pytest.raises(MissingKeyError, match="no feature action; it has actions, observation.state"):
+        training_demos(SimpleNamespace(dataset=str(tmp_path / "ours"), action_key=None), ["observation.state"])
