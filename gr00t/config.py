@@ -76,6 +76,9 @@ class Gr00tConfig:
     noise_s: float = 0.999
     crop_scale: float = 0.95  # training images: a random crop of this fraction of each side, resized back (centre
     #                           crop at evaluation), as the release's data transforms; 1 disables
+    color_jitter: bool = False  # training images: the release's VideoColorJitter after the crop (brightness 0.3,
+    #                             contrast 0.4, saturation 0.5, hue 0.08, in a random order); off in the MT10 table,
+    #                             whose methods all train without it
     # --- data: scripted-expert demonstrations on Meta-World (collected once, cached by these fields)
     tasks: tuple[str, ...] = MT10  # Meta-World v3 tasks to learn (one multi-task policy)
     episodes_per_task: int = 50  # expert demonstrations per task (the same demos as π0 and OpenVLA)

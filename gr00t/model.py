@@ -421,6 +421,26 @@ def crop_and_resize(images: Tensor, size: int, scale: float, offsets: Tensor | N
     return F.interpolate(crops, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+JITTER = (0.3, 0.4, 0.5, 0.08)  # the release's VideoColorJitter: brightness, contrast, saturation, hue
+
+
+def color_jitter(images: Tensor, draws: Tensor) -> Tensor:
+    """The release's `VideoColorJitter` (torchvision's ColorJitter(0.3, 0.4, 0.5, 0.08)) on (B, 3, S, S) images in
+    [0, 1], with its random numbers given: `draws` (B, 8) holds four uniform u in [0, 1) and a permutation of 0..3,
+    the order of the operations. Brightness, contrast and saturation factors are 1 + j·(2u − 1), the hue shift
+    0.08·(2u − 1), each image its own, as torchvision draws them per call. A loop over the batch: torchvision's
+    adjustments take one factor per call."""
+    from torchvision.transforms.v2 import functional as TF
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for image, d in zip(images, draws):
+        factors = [1 + j * (2 * u - 1) for j, u in zip(JITTER[:3], d[:3].tolist())] + [JITTER[3] * (2 * d[3].item() - 1)]
+        for op in d[4:].long().tolist():
+            image = adjust[op](image, factors[op])
+        out.append(image)
+    return torch.stack(out)
+
+
 class Gr00tPolicy(nn.Module):
     """A dataset/environment batch → model tensors → an unnormalised action chunk (the release's `GR00TTransform`
     and `Gr00tPolicy`): min-max normalisation, zero-padding of state and actions with a mask of the real action
@@ -449,12 +469,16 @@ class Gr00tPolicy(nn.Module):
     def device(self) -> torch.device:
         return self.model.action_head.position_embedding.weight.device
 
-    def inputs(self, batch: Mapping, crop: Tensor | None = None):
+    def inputs(self, batch: Mapping, crop: Tensor | None = None, jitter: Tensor | None = None):
         """images, input_ids, attention_mask, image_mask, padded state (B, 1, max_state_dim), embodiment ids.
-        `crop`: (2, B) crop offsets in [0, 1] (training) or None (centre crop)."""
+        `crop`: (2, B) crop offsets in [0, 1] (training) or None (centre crop); `jitter`: (B, cameras, 8) colour
+        jitter draws (`color_jitter`; training with cfg.color_jitter) or None."""
         cfg, device = self.cfg, self.device
         images = [crop_and_resize(batch[k].to(device).permute(0, 3, 1, 2).float() / 255, cfg.image_size,
-                                  cfg.crop_scale, crop) * 2 - 1 for k in self.image_keys]
+                                  cfg.crop_scale, crop) for k in self.image_keys]
+        if jitter is not None:
+            images = [color_jitter(image, jitter[:, i]) for i, image in enumerate(images)]
+        images = [image * 2 - 1 for image in images]
         b = images[0].shape[0]
         # Eagle never truncates: an instruction longer than max_text_tokens (a paraphrase unseen in training, whose
         # words our BPE splits finely) widens the batch instead of being cut
@@ -472,14 +496,15 @@ class Gr00tPolicy(nn.Module):
         embodiment = torch.full((b,), cfg.embodiment_id, dtype=torch.long, device=device)
         return images, ids, valid.long(), is_image, state, embodiment
 
-    def forward(self, batch: Mapping, noise: Tensor, t: Tensor, crop: Tensor | None = None) -> Tensor:
+    def forward(self, batch: Mapping, noise: Tensor, t: Tensor, crop: Tensor | None = None,
+                jitter: Tensor | None = None) -> Tensor:
         """The training loss of a batch for given noise ε (B, H, max_action_dim) and t (B,). As in the release,
         chunk steps past an episode's end (the last action repeated) are learned like any other."""
         actions = self.normalizer.normalize("action", batch["action"].to(noise.device).float())
         actions = F.pad(actions, (0, self.cfg.max_action_dim - self.action_dim))
         action_mask = torch.zeros_like(actions, dtype=torch.bool)
         action_mask[..., :self.action_dim] = True
-        images, ids, mask, is_image, state, embodiment = self.inputs(batch, crop)
+        images, ids, mask, is_image, state, embodiment = self.inputs(batch, crop, jitter)
         return self.model(images, ids, mask, is_image, state, actions, action_mask, noise, t, embodiment)
 
     @torch.no_grad()

@@ -108,15 +108,20 @@ def shard(policy: Gr00tPolicy) -> None:
 
 
 def training_noise(cfg: Gr00tConfig, step: int, rank: int, world_size: int):
-    """ε, t and the image crop offsets of one step, drawn for the whole global batch from a generator seeded by
-    (seed, step), then sliced to this rank: the same training on any number of processes, and exact on resume."""
+    """ε, t, the image crop offsets and (with cfg.color_jitter, else None) the colour-jitter draws of one step, drawn
+    for the whole global batch from a generator seeded by (seed, step), then sliced to this rank: the same training
+    on any number of processes, and exact on resume. The jitter is drawn last, so it leaves the rest unchanged."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     n = cfg.batch_size
     noise = torch.randn(n, cfg.horizon, cfg.max_action_dim, generator=g)
     t = sample_time(n, cfg, g)
     crop = torch.rand(2, n, generator=g)
     per_rank = slice(rank * n // world_size, (rank + 1) * n // world_size)
-    return noise[per_rank], t[per_rank], crop[:, per_rank]
+    jitter = None
+    if cfg.color_jitter:  # per image and camera: four uniforms and the order of the four adjustments
+        order = torch.argsort(torch.rand(n, len(cfg.cameras), 4, generator=g), dim=-1).float()
+        jitter = torch.cat([torch.rand(n, len(cfg.cameras), 4, generator=g), order], dim=-1)[per_rank]
+    return noise[per_rank], t[per_rank], crop[:, per_rank], jitter
 
 
 def train(cfg: Gr00tConfig) -> dict:
@@ -176,9 +181,10 @@ def train(cfg: Gr00tConfig) -> dict:
     policy.train()
     while step < cfg.steps:
         batch = next(batches)
-        noise, t, crop = (x.to(dist.device) for x in training_noise(cfg, step, dist.rank, dist.world_size))
+        noise, t, crop, jitter = (x if x is None else x.to(dist.device)
+                                  for x in training_noise(cfg, step, dist.rank, dist.world_size))
         with autocast:
-            loss = ddp(batch, noise, t, crop)
+            loss = ddp(batch, noise, t, crop, jitter)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)

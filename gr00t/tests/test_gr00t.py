@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -339,7 +340,7 @@ def test_loss_decreases_on_a_fixed_batch(cache, tmp_path):
     policy = build_policy(cfg, demos.stats, build_tokenizer(cfg, demos), 4, 4)
     data = ChunkDataset(demos, cfg.horizon, ["observation.images.corner", cfg.state_key])
     batch = torch.utils.data.default_collate([data[i] for i in range(0, 64, 8)])
-    noise, t, crop = training_noise(dataclasses.replace(cfg, batch_size=8), 0, 0, 1)
+    noise, t, crop, _ = training_noise(dataclasses.replace(cfg, batch_size=8), 0, 0, 1)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     losses = []
     for _ in range(80):
@@ -481,3 +482,33 @@ def test_new_embodiment_from_the_datasets_modality_spec(cache, tmp_path):
     obs = {"images": {"corner": first["observation.images.corner"]}, "state": first["observation.state"],
            "env_state": first["observation.environment_state"], "instruction": demos.episodes[0]["instruction"]}
     assert ClosedLoopPolicy(policy)(obs).shape == (cfg.n_action_steps, 4)
+
+
+def test_color_jitter_is_torchvisions_and_leaves_the_other_draws_alone(monkeypatch):
+    """`color_jitter` with given draws equals torchvision's ColorJitter(0.3, 0.4, 0.5, 0.08) with the same order and
+    factors; the training draws with the jitter on keep ε, t and the crops of the run without it."""
+    import torchvision.transforms as T
+
+    from gr00t.model import JITTER, color_jitter
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, generator=g)
+    draws = torch.cat([torch.rand(3, 4, generator=g), torch.stack([torch.randperm(4, generator=g) for _ in range(3)])],
+                      dim=1).float()
+    ours = color_jitter(images, draws)
+    for image, d, mine in zip(images, draws, ours):
+        u = d[:4].tolist()
+        params = (d[4:].long(), *(1 + j * (2 * x - 1) for j, x in zip(JITTER[:3], u[:3])), JITTER[3] * (2 * u[3] - 1))
+        monkeypatch.setattr(T.ColorJitter, "get_params", staticmethod(lambda *args: params))
+        torch.testing.assert_close(mine, T.ColorJitter(*JITTER)(image), atol=1e-5, rtol=0)  # v1 vs v2 kernels
+    assert not torch.allclose(ours, images)
+    cfg = dataclasses.replace(PRESETS["smoke"], cameras=("corner", "gripperPOV"))
+    plain, jittered = training_noise(cfg, 5, 0, 1), training_noise(dataclasses.replace(cfg, color_jitter=True), 5, 0, 1)
+    assert plain[3] is None and jittered[3].shape == (cfg.batch_size, 2, 8)
+    assert all(torch.equal(a, b) for a, b in zip(plain[:3], jittered[:3]))
+    assert sorted(jittered[3][0, 0, 4:].tolist()) == [0, 1, 2, 3]
+
+
+def test_trains_with_color_jitter(cache, tmp_path):
+    cfg = smoke(tmp_path, color_jitter=True, steps=2, save_every=2, log_every=1, eval_episodes=0)
+    train(cfg)
+    assert all(math.isfinite(m["loss"]) for m in read_metrics(cfg.run_dir))
