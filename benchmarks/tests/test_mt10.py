@@ -129,3 +129,13 @@ def test_behaviour_is_reproducible_and_sees_config_training_and_evaluation(tmp_p
             act = model.ClosedLoopPolicy.__call__
             m.setattr(model.ClosedLoopPolicy, "__call__", lambda self, obs: act(self, obs) * 0.999)
             assert mt10.behaviour("bc") != first
+
+
+def test_every_committed_run_has_its_code_versions_fingerprint():
+    """A committed run stays reusable after a code change only if its code version's fingerprint is recorded
+    (`python benchmarks/mt10.py --fingerprint` before changing a method's code)."""
+    out = mt10.RESULTS / "mt10"
+    recorded = mt10.read_fingerprints(out)
+    for path in sorted(out.glob("*-s*.json")):
+        record = json.loads(path.read_text())
+        assert record["code_version"] in recorded.get(record["method"], {}), path.name
