@@ -35,6 +35,11 @@ STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 _MAX_QUANTILE_FRAMES = 200_000
 
 
+def default_cache_dir() -> Path:
+    """Where generated and imported data are cached: $EMBODIED_CACHE, else ~/.cache/embodied-models."""
+    return Path(os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write `obj` as JSON through a temporary file and a rename, so a reader never sees a half-written file."""
     path = Path(path)

@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from common.data import EpisodeDataset, EpisodeWriter
+from common.data import EpisodeDataset, EpisodeWriter, default_cache_dir
 
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
@@ -142,7 +142,7 @@ def open_dataset(path: str | Path, keys: Iterable[str], cache_dir: str | Path | 
     if (root / "meta.json").exists():
         dataset = EpisodeDataset(root)
     elif (root / INFO_PATH).exists():
-        cache = Path(cache_dir or os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
+        cache = Path(cache_dir or default_cache_dir())
         imported = cache / f"lerobot-{_fingerprint(root)}"
         if not imported.exists():  # (an interrupted import left only `.partial`, which the writer clears)
             import_lerobot(root, imported)

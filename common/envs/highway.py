@@ -93,7 +93,7 @@ from highway_env.vehicle.graphics import VehicleGraphics  # noqa: E402
 from highway_env.vehicle.kinematics import Vehicle  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
+from common.data import EpisodeDataset, EpisodeWriter, default_cache_dir  # noqa: E402
 from common.metrics import comfort_metrics, pdm_style_score  # noqa: E402
 
 FREQUENCY = 10  # [Hz] simulation = policy frequency
@@ -1071,10 +1071,6 @@ def source_version() -> str:
     """A hash of this module's source: part of the key of every cache of its episodes (demonstrations, expert
     references), so that results from an older version of the benchmark are never mixed with the current one's."""
     return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:10]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
 
 
 def collect_demos(spec: DemoSpec = DemoSpec(), cache_dir: str | Path | None = None, progress: bool = True

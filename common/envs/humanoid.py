@@ -62,7 +62,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from common.data import EpisodeDataset, EpisodeWriter  # noqa: E402
+from common.data import EpisodeDataset, EpisodeWriter, default_cache_dir  # noqa: E402
 from common.metrics import wilson_interval  # noqa: E402
 
 SCENE_VERSION = 2  # part of every demo cache key; bumped when the scene, the gains or the expert change (2: the
@@ -525,10 +525,6 @@ class DemoSpec:
     def key(self) -> str:
         blob = json.dumps(dict(asdict(self), scene=SCENE_VERSION), sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
 
 
 def features(image_size: int) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -57,7 +57,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT10_V3  # noqa: E402
 from metaworld.policies import ENV_POLICY_MAP  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from common.data import EpisodeDataset, EpisodeWriter, rename_features  # noqa: E402
+from common.data import EpisodeDataset, EpisodeWriter, default_cache_dir, rename_features  # noqa: E402
 from common.envs.metaworld_instructions import HELD_OUT_INSTRUCTIONS, INSTRUCTIONS  # noqa: E402
 from common.metrics import wilson_interval  # noqa: E402
 
@@ -231,10 +231,6 @@ def training_instructions(cfg: Any, demos: EpisodeDataset | None) -> list[str]:
     if cfg.dataset:
         return [episode["instruction"] for episode in demos.episodes]
     return [text for task in cfg.tasks for text in INSTRUCTIONS[task]]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMBODIED_CACHE", Path.home() / ".cache" / "embodied-models"))
 
 
 def collect_demos(spec: DemoSpec = DemoSpec(), workers: int = 2, cache_dir: str | Path | None = None,
