@@ -36,6 +36,9 @@ class HumanoidVLAConfig:
     #                                 chunk every step and execute the weighted mean of every chunk's prediction for
     #                                 that step, weights exp(-m·i), i = 0 the oldest; this is m. None: execute
     #                                 n_action_steps of each chunk open loop
+    delta_actions: bool = False  # predict each chunk relative to the current joint positions, a_{t+k} − q_t, and
+    #                                add q_t back at inference (openpi's DeltaActions for π0 on joint-space robots);
+    #                                normalised by the demos' statistics of these deltas. False: absolute targets
     vocab_size: int = 256  # BPE vocabulary trained on the instruction paraphrases
     max_text_tokens: int = 12  # instruction length in tokens (truncated/padded)
     shift_augment: int = 3  # random-shift augmentation of the image, pixels (DrQ); 0 disables

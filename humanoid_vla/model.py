@@ -37,6 +37,7 @@ from common.text import tokenize
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's statistics: the ResNet stem expects images normalised so
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_KEY = "observation.state"
+DELTA_KEY = "delta_action"  # statistics of a_{t+k} − q_t over the demos' chunks (`delta_actions`)
 
 
 def body_part_slices() -> dict[str, list[int]]:
@@ -70,7 +71,8 @@ class HumanoidVLA(nn.Module):
             raise ValueError(f"head must be 'flow' or 'mlp', got {cfg.head!r}")
         self.cfg, self.tokenizer = cfg, tokenizer
         d = cfg.d_model
-        self.normalizer = Normalizer(stats, {STATE_KEY: "mean_std", "action": "mean_std"})
+        self.action_key = DELTA_KEY if cfg.delta_actions else "action"  # what the head predicts, normalised
+        self.normalizer = Normalizer(stats, {STATE_KEY: "mean_std", self.action_key: "mean_std"})
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.image_encoder = resnet18(norm="group")
@@ -166,7 +168,7 @@ class HumanoidVLA(nn.Module):
     def loss(self, batch: dict[str, Any]) -> Tensor:
         """Flow matching (π0 Eq. 1): ‖v_θ(x_τ, τ) − (ε − A)‖² with x_τ = τ·ε + (1 − τ)·A; or the MLP head's L1. Each
         sample's mean over its unpadded chunk steps, then the mean over samples."""
-        actions = self.normalizer.normalize("action", batch["action"])
+        actions = self.normalizer.normalize(self.action_key, self.head_target(batch))
         context, padding = self.encode(batch)
         if self.cfg.head == "flow":
             noise = torch.randn_like(actions)
@@ -178,6 +180,20 @@ class HumanoidVLA(nn.Module):
             error = (self.regress(context, padding) - actions).abs().mean(-1)
         valid = (~batch["action_is_pad"]).float()
         return ((error * valid).sum(1) / valid.sum(1)).mean()
+
+    def head_target(self, batch: dict[str, Any]) -> Tensor:
+        """The chunk the head learns, unnormalised: the joint targets, or with `delta_actions` the targets minus the
+        joint positions q_t of the observed state (openpi's DeltaActions)."""
+        if self.cfg.delta_actions:
+            return batch["action"] - batch[STATE_KEY][:, None, :N_JOINTS].float()
+        return batch["action"]
+
+    def joint_targets(self, chunk: Tensor, batch: dict[str, Any]) -> Tensor:
+        """The head's normalised chunk back to joint targets in radians (adding q_t back with `delta_actions`)."""
+        chunk = self.normalizer.unnormalize(self.action_key, chunk)
+        if self.cfg.delta_actions:
+            chunk = chunk + batch[STATE_KEY][:, None, :N_JOINTS].float()
+        return chunk
 
     def regress(self, context: Tensor, padding: Tensor) -> Tensor:
         """The MLP head's chunk from the masked mean of the context: (B, H, 29), normalised."""
@@ -191,14 +207,14 @@ class HumanoidVLA(nn.Module):
         Euler steps from T·ε, ε ~ N(0, I) (torch's global RNG), at τ = 1 to τ = 0; T = `noise_temperature`."""
         context, padding = self.encode(batch)
         if self.cfg.head == "mlp":
-            return self.normalizer.unnormalize("action", self.regress(context, padding))
+            return self.joint_targets(self.regress(context, padding), batch)
         b = context.shape[0]
         x_t = self.cfg.noise_temperature * torch.randn(b, self.cfg.horizon, N_JOINTS, device=context.device)
         dt = -1.0 / self.cfg.flow_steps
         for k in range(self.cfg.flow_steps):
             time = torch.full((b,), 1.0 + k * dt, device=context.device)
             x_t = x_t + dt * self.velocity(context, padding, x_t, time)
-        return self.normalizer.unnormalize("action", x_t)
+        return self.joint_targets(x_t, batch)
 
 
 class ClosedLoopPolicy:

@@ -4,6 +4,7 @@ which the policy drives and the expert relabels the states it reaches; then eval
     python train.py                          # tiny preset: 11 tasks, 20 demos each, BC + 2 DAgger rounds, eval
     python train.py --preset mlp             # the MLP-head baseline
     python train.py --dagger_rounds 0        # plain BC
+    python train.py --delta_actions          # chunks relative to the current joint positions (openpi's DeltaActions)
     python train.py --resume                 # continue run_dir's last checkpoint exactly (DAgger data included)
 """
 
@@ -13,6 +14,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.config import parse_config, to_dict
@@ -24,7 +26,7 @@ from common.train import (Logger, checkpoint_meta, plot_metrics, resumable_loade
                           seed_everything)
 
 from humanoid_vla.config import PRESETS, HumanoidVLAConfig
-from humanoid_vla.model import STATE_KEY, ClosedLoopPolicy, HumanoidVLA
+from humanoid_vla.model import DELTA_KEY, STATE_KEY, ClosedLoopPolicy, HumanoidVLA
 
 DAGGER_SEED = 10_000  # round r's rollouts use run seed DAGGER_SEED + r: neither the demos' nor evaluation's episodes
 
@@ -39,6 +41,19 @@ def floor_std(stats: dict, floor: float = 1e-2) -> dict:
     """The demos' statistics with every standard deviation at least `floor` (rad, rad/s): a joint the expert never
     moves (a wrist) has std ~0, and DAgger's labels or a learner's states there would be normalised to huge values."""
     return {k: dict(v, std=[max(s, floor) for s in v["std"]]) if "std" in v else v for k, v in stats.items()}
+
+
+def delta_action_stats(dataset, horizon: int) -> dict[str, list[float]]:
+    """Per-joint mean, std and 1st/99th percentiles of a_{t+k} − q_t over every (frame t, chunk step k < H) inside an episode: the
+    normalisation statistics of `delta_actions` chunks (openpi computes its statistics on the transformed chunks)."""
+    deltas = []
+    for i in range(len(dataset.episodes)):
+        episode = dataset.episode(i)
+        q, a = np.asarray(episode[STATE_KEY][:, :N_JOINTS], np.float64), np.asarray(episode["action"], np.float64)
+        deltas += [a[k:] - q[: len(q) - k] for k in range(min(horizon, len(q)))]
+    deltas = np.concatenate(deltas)
+    q01, q99 = np.quantile(deltas, [0.01, 0.99], axis=0)
+    return dict(mean=deltas.mean(0).tolist(), std=deltas.std(0).tolist(), q01=q01.tolist(), q99=q99.tolist())
 
 
 def build_model(cfg: HumanoidVLAConfig, stats: dict, tokenizer_json: str, state_dim: int = STATE_DIM,
@@ -78,7 +93,8 @@ def train(cfg: HumanoidVLAConfig) -> dict:
                           "cpu" if cfg.device == "auto" else cfg.device)
     run_dir = Path(cfg.run_dir)
     demos = collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
-    tokenizer_json, stats = instruction_tokenizer(cfg), floor_std(demos.stats)
+    stats = {**demos.stats, DELTA_KEY: delta_action_stats(demos, cfg.horizon)} if cfg.delta_actions else demos.stats
+    tokenizer_json, stats = instruction_tokenizer(cfg), floor_std(stats)
     model = build_model(cfg, stats, tokenizer_json).to(device)
     meta = checkpoint_meta("humanoid_vla", cfg, stats, tokenizer_json, STATE_DIM, N_JOINTS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -14,9 +14,9 @@ from common.train import read_metrics, seed_everything
 from humanoid_vla import eval as vla_eval
 from humanoid_vla import train as vla_train
 from humanoid_vla.config import PRESETS
-from humanoid_vla.model import STATE_KEY, ClosedLoopPolicy, body_part_slices
-from humanoid_vla.train import (build_model, demo_spec, floor_std, instruction_tokenizer, learning_rate_factor,
-                                phase_ends)
+from humanoid_vla.model import DELTA_KEY, STATE_KEY, ClosedLoopPolicy, body_part_slices
+from humanoid_vla.train import (build_model, delta_action_stats, demo_spec, floor_std, instruction_tokenizer,
+                                learning_rate_factor, phase_ends)
 
 torch.set_num_threads(1)
 
@@ -35,7 +35,8 @@ def smoke(tmp_path, name="run", **overrides):
 
 def _model_and_batch(cfg):
     demos = collect_demos(demo_spec(cfg), progress=False)
-    model = build_model(cfg, floor_std(demos.stats), instruction_tokenizer(cfg))
+    stats = {**demos.stats, DELTA_KEY: delta_action_stats(demos, cfg.horizon)}
+    model = build_model(cfg, floor_std(stats), instruction_tokenizer(cfg))
     data = ChunkDataset(demos, cfg.horizon, [IMAGE_KEY, STATE_KEY])
     batch = torch.utils.data.default_collate([data[i] for i in range(0, len(data), len(data) // 16)])
     return model, batch
@@ -48,10 +49,10 @@ def test_body_part_tokens_cover_the_state_once():
     assert len(parts["legs"]) == 24 and len(parts["waist"]) == 6 and len(parts["arms"]) == 28
 
 
-@pytest.mark.parametrize("head", ["flow", "mlp"])
-def test_loss_decreases_on_a_fixed_batch(cache, tmp_path, head):
+@pytest.mark.parametrize("head, delta", [("flow", False), ("mlp", False), ("flow", True)])
+def test_loss_decreases_on_a_fixed_batch(cache, tmp_path, head, delta):
     seed_everything(0)
-    model, batch = _model_and_batch(smoke(tmp_path, head=head, shift_augment=0))
+    model, batch = _model_and_batch(smoke(tmp_path, head=head, shift_augment=0, delta_actions=delta))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
@@ -74,6 +75,24 @@ def test_predicted_chunks_are_joint_targets_and_depend_on_the_instruction(cache,
     b = policy(dict(obs, instruction="reach the red ball"))
     assert a.shape == (model.cfg.n_action_steps, N_JOINTS) and np.isfinite(a).all()
     assert not np.allclose(a, b)  # the instruction reaches the actions (same noise, other words)
+
+
+def test_delta_actions_are_relative_to_the_observed_joint_positions(cache, tmp_path):
+    cfg = smoke(tmp_path, delta_actions=True)
+    model, batch = _model_and_batch(cfg)
+    q = batch[STATE_KEY][:, None, :N_JOINTS]
+    torch.testing.assert_close(model.head_target(batch), batch["action"] - q)
+    # the head's target, normalised and mapped back, is the absolute joint targets again
+    normalised = model.normalizer.normalize(DELTA_KEY, model.head_target(batch))
+    torch.testing.assert_close(model.joint_targets(normalised, batch), batch["action"], atol=1e-5, rtol=0)
+    # the statistics are those of every unpadded chunk step of every frame
+    demos = collect_demos(demo_spec(cfg), progress=False)
+    data = ChunkDataset(demos, cfg.horizon, [STATE_KEY])
+    items = [data[i] for i in range(len(data))]
+    deltas = torch.cat([(it["action"] - it[STATE_KEY][:N_JOINTS])[~it["action_is_pad"]] for it in items]).double()
+    stats = delta_action_stats(demos, cfg.horizon)
+    np.testing.assert_allclose(stats["mean"], deltas.mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(stats["std"], deltas.std(0, unbiased=False).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("stage, tokens, channels", [(4, 1, 512), (3, 4, 256)])
