@@ -44,8 +44,9 @@ def floor_std(stats: dict, floor: float = 1e-2) -> dict:
 
 
 def delta_action_stats(dataset, horizon: int) -> dict[str, list[float]]:
-    """Per-joint mean, std and 1st/99th percentiles of a_{t+k} − q_t over every (frame t, chunk step k < H) inside an episode: the
-    normalisation statistics of `delta_actions` chunks (openpi computes its statistics on the transformed chunks)."""
+    """Per-joint mean, std and 1st/99th percentiles of a_{t+k} − q_t over every (frame t, chunk step k < H) inside
+    an episode: the normalisation statistics of `delta_actions` chunks (openpi computes its statistics on the
+    transformed chunks)."""
     deltas = []
     for i in range(len(dataset.episodes)):
         episode = dataset.episode(i)
