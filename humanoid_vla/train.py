@@ -94,8 +94,9 @@ def train(cfg: HumanoidVLAConfig) -> dict:
                           "cpu" if cfg.device == "auto" else cfg.device)
     run_dir = Path(cfg.run_dir)
     demos = collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
-    stats = {**demos.stats, DELTA_KEY: delta_action_stats(demos, cfg.horizon)} if cfg.delta_actions else demos.stats
-    tokenizer_json, stats = instruction_tokenizer(cfg), floor_std(stats)
+    stats = floor_std({**demos.stats, DELTA_KEY: delta_action_stats(demos, cfg.horizon)} if cfg.delta_actions else
+                      demos.stats)
+    tokenizer_json = instruction_tokenizer(cfg)
     model = build_model(cfg, stats, tokenizer_json).to(device)
     meta = checkpoint_meta("humanoid_vla", cfg, stats, tokenizer_json, STATE_DIM, N_JOINTS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
