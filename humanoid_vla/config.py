@@ -39,6 +39,9 @@ class HumanoidVLAConfig:
     delta_actions: bool = False  # predict each chunk relative to the current joint positions, a_{t+k} − q_t, and
     #                                add q_t back at inference (openpi's DeltaActions for π0 on joint-space robots);
     #                                normalised by the demos' statistics of these deltas. False: absolute targets
+    stability_weight: float = 0.0  # weight of the stability auxiliary loss: from the context, predict the centre of
+    #                                 mass' horizontal offset from the middle of the feet at each of the H states that
+    #                                 follow (a lean ahead is a fall ahead); 0 disables it (measured in README)
     vocab_size: int = 256  # BPE vocabulary trained on the instruction paraphrases
     max_text_tokens: int = 12  # instruction length in tokens (truncated/padded)
     shift_augment: int = 3  # random-shift augmentation of the image, pixels (DrQ); 0 disables
@@ -74,6 +77,8 @@ class HumanoidVLAConfig:
             raise ValueError(f"head must be 'flow' or 'mlp', got {self.head!r}")
         if self.noise_temperature < 0:
             raise ValueError(f"noise_temperature must be >= 0, got {self.noise_temperature}")
+        if self.stability_weight < 0:
+            raise ValueError(f"stability_weight must be >= 0, got {self.stability_weight}")
         if self.temporal_ensemble is not None and self.temporal_ensemble < 0:
             raise ValueError(f"temporal_ensemble (ACT's m) must be >= 0 or None, got {self.temporal_ensemble}")
         if not 0 < self.n_action_steps <= self.horizon:

@@ -15,6 +15,11 @@ and one of two action heads over a chunk of H joint-target vectors (29 joints):
           as GR00T's DiT and ACT's decoder do, so the context is computed once per chunk.
     mlp   the baseline: the mean of the context tokens --> MLP --> the chunk, L1 loss (ACT's, Zhao et al. 2023).
 
+With `stability_weight` > 0, an auxiliary head reads the same pooled context and predicts the centre of mass'
+horizontal offset from the middle of the feet at each of the H states that follow, the balance criterion of the IK
+expert (and of ZMP/capture-point controllers); its squared error, weighted, joins the loss, so the context must
+encode where the body's balance is going. The head is not used to act.
+
 Per-body-part tokens follow the humanoid VLAs that tokenise the body by limb group (e.g. LeVERB's and GR00T's
 embodiment-specific state encoders): the encoder can attend to the legs (balance) apart from the arms (the task).
 """
@@ -38,6 +43,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's statistics: the ResNet st
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_KEY = "observation.state"
 DELTA_KEY = "delta_action"  # statistics of a_{t+k} − q_t over the demos' chunks (`delta_actions`)
+COM_KEY = "com_offset"  # the centre of mass' horizontal offset from the feet's middle, (x, y) metres (`stability_weight`)
 
 
 def body_part_slices() -> dict[str, list[int]]:
@@ -72,7 +78,10 @@ class HumanoidVLA(nn.Module):
         self.cfg, self.tokenizer = cfg, tokenizer
         d = cfg.d_model
         self.action_key = DELTA_KEY if cfg.delta_actions else "action"  # what the head predicts, normalised
-        self.normalizer = Normalizer(stats, {STATE_KEY: "mean_std", self.action_key: "mean_std"})
+        modes = {STATE_KEY: "mean_std", self.action_key: "mean_std"}
+        if cfg.stability_weight > 0:
+            modes[COM_KEY] = "mean_std"
+        self.normalizer = Normalizer(stats, modes)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.image_encoder = resnet18(norm="group")
@@ -109,6 +118,8 @@ class HumanoidVLA(nn.Module):
         else:
             self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, 4 * d), nn.GELU(),
                                      nn.Linear(4 * d, cfg.horizon * N_JOINTS))
+        if cfg.stability_weight > 0:
+            self.com_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.horizon * 2))
 
     # ------------------------------------------------------------------------------------------------- context
     def encode(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -167,7 +178,8 @@ class HumanoidVLA(nn.Module):
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
         """Flow matching (π0 Eq. 1): ‖v_θ(x_τ, τ) − (ε − A)‖² with x_τ = τ·ε + (1 − τ)·A; or the MLP head's L1. Each
-        sample's mean over its unpadded chunk steps, then the mean over samples."""
+        sample's mean over its unpadded chunk steps, then the mean over samples. Plus `stability_weight` times the
+        stability loss when it is on."""
         actions = self.normalizer.normalize(self.action_key, self.head_target(batch))
         context, padding = self.encode(batch)
         if self.cfg.head == "flow":
@@ -179,7 +191,19 @@ class HumanoidVLA(nn.Module):
         else:
             error = (self.regress(context, padding) - actions).abs().mean(-1)
         valid = (~batch["action_is_pad"]).float()
-        return ((error * valid).sum(1) / valid.sum(1)).mean()
+        loss = ((error * valid).sum(1) / valid.sum(1)).mean()
+        if self.cfg.stability_weight > 0:
+            loss = loss + self.cfg.stability_weight * self.stability_loss(context, padding, batch)
+        return loss
+
+    def stability_loss(self, context: Tensor, padding: Tensor, batch: dict[str, Any]) -> Tensor:
+        """‖ĉ − c‖² of the predicted centre-of-mass offsets of the next H states (normalised by the demos'
+        statistics), each sample's mean over the states inside its episode (`com_is_pad` marks the others)."""
+        target = self.normalizer.normalize(COM_KEY, batch[COM_KEY].float())
+        predicted = self.com_head(self.pooled(context, padding)).view(target.shape)
+        valid = (~batch["com_is_pad"]).float()
+        error = (predicted - target).pow(2).mean(-1)
+        return ((error * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
 
     def head_target(self, batch: dict[str, Any]) -> Tensor:
         """The chunk the head learns, unnormalised: the joint targets, or with `delta_actions` the targets minus the
@@ -195,11 +219,14 @@ class HumanoidVLA(nn.Module):
             chunk = chunk + batch[STATE_KEY][:, None, :N_JOINTS].float()
         return chunk
 
+    def pooled(self, context: Tensor, padding: Tensor) -> Tensor:
+        """The mean of the context tokens that are not padding: (B, d)."""
+        keep = (~padding).float()[..., None]
+        return (context * keep).sum(1) / keep.sum(1)
+
     def regress(self, context: Tensor, padding: Tensor) -> Tensor:
         """The MLP head's chunk from the masked mean of the context: (B, H, 29), normalised."""
-        keep = (~padding).float()[..., None]
-        pooled = (context * keep).sum(1) / keep.sum(1)
-        return self.mlp(pooled).view(-1, self.cfg.horizon, N_JOINTS)
+        return self.mlp(self.pooled(context, padding)).view(-1, self.cfg.horizon, N_JOINTS)
 
     @torch.no_grad()
     def predict_chunk(self, batch: dict[str, Any]) -> Tensor:

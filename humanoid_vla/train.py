@@ -5,6 +5,7 @@ which the policy drives and the expert relabels the states it reaches; then eval
     python train.py --preset mlp             # the MLP-head baseline
     python train.py --dagger_rounds 0        # plain BC
     python train.py --delta_actions          # chunks relative to the current joint positions (openpi's DeltaActions)
+    python train.py --stability_weight 0.1   # + the auxiliary loss on the centre of mass' offset over the chunk
     python train.py --resume                 # continue run_dir's last checkpoint exactly (DAgger data included)
 """
 
@@ -14,19 +15,20 @@ import math
 import sys
 from pathlib import Path
 
+import mujoco
 import numpy as np
 import torch
 
 from common.config import parse_config, to_dict
 from common.data import ChunkDataset
-from common.envs.humanoid import (IMAGE_KEY, N_JOINTS, STATE_DIM, TASKS, DemoSpec, EvalConfig, collect_demos,
-                                  collect_relabelled, evaluate, save_results)
+from common.envs.humanoid import (IMAGE_KEY, N_JOINTS, STATE_DIM, TASKS, DemoSpec, EvalConfig, HumanoidEnv,
+                                  collect_demos, collect_relabelled, evaluate, save_results)
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
 from common.train import (Logger, checkpoint_meta, plot_metrics, resumable_loader, resume_last, save_checkpoint,
                           seed_everything)
 
 from humanoid_vla.config import PRESETS, HumanoidVLAConfig
-from humanoid_vla.model import DELTA_KEY, STATE_KEY, ClosedLoopPolicy, HumanoidVLA
+from humanoid_vla.model import COM_KEY, DELTA_KEY, STATE_KEY, ClosedLoopPolicy, HumanoidVLA
 
 DAGGER_SEED = 10_000  # round r's rollouts use run seed DAGGER_SEED + r: neither the demos' nor evaluation's episodes
 
@@ -52,9 +54,74 @@ def delta_action_stats(dataset, horizon: int) -> dict[str, list[float]]:
         episode = dataset.episode(i)
         q, a = np.asarray(episode[STATE_KEY][:, :N_JOINTS], np.float64), np.asarray(episode["action"], np.float64)
         deltas += [a[k:] - q[: len(q) - k] for k in range(min(horizon, len(q)))]
-    deltas = np.concatenate(deltas)
-    q01, q99 = np.quantile(deltas, [0.01, 0.99], axis=0)
-    return dict(mean=deltas.mean(0).tolist(), std=deltas.std(0).tolist(), q01=q01.tolist(), q99=q99.tolist())
+    return array_stats(np.concatenate(deltas))
+
+
+def array_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-column mean, std and 1st/99th percentiles of an (N, D) array: what `common.data.Normalizer` reads."""
+    q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
+    return dict(mean=x.mean(0).tolist(), std=x.std(0).tolist(), q01=q01.tolist(), q99=q99.tolist())
+
+
+def com_offsets(states: np.ndarray) -> np.ndarray:
+    """The centre of mass' horizontal offset from the middle of the feet, (N, 2) metres, for each 64-D
+    proprioceptive state: forward kinematics of the G1 at its joint positions with the pelvis' roll and pitch read
+    from the gravity vector. The heading and the position of the pelvis do not change this offset, so it comes out
+    in the pelvis' heading frame (x forward, y left) and a real robot could compute it from its own sensors."""
+    env = HumanoidEnv(render_images=False)
+    m, d = env.model, env.data
+    pelvis, feet = m.body("pelvis").id, [m.site(s).id for s in ("left_foot", "right_foot")]
+    offsets = np.empty((len(states), 2))
+    for i, state in enumerate(np.asarray(states, np.float64)):
+        up = -state[2 * N_JOINTS: 2 * N_JOINTS + 3]  # the world's up axis in the pelvis frame: R's third row
+        roll, pitch = np.arctan2(up[1], up[2]), np.arctan2(-up[0], np.hypot(up[1], up[2]))
+        d.qpos[3:7] = [np.cos(roll / 2) * np.cos(pitch / 2), np.sin(roll / 2) * np.cos(pitch / 2),
+                       np.cos(roll / 2) * np.sin(pitch / 2), -np.sin(roll / 2) * np.sin(pitch / 2)]  # R_y(pitch)·R_x(roll)
+        d.qpos[env.joint_qpos] = state[:N_JOINTS]
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        offsets[i] = d.subtree_com[pelvis, :2] - d.site_xpos[feet, :2].mean(0)
+    env.close()
+    return offsets
+
+
+class WithFutureCoM(torch.utils.data.Dataset):
+    """A `ChunkDataset`'s samples plus the stability loss' targets: `com_offset` (H, 2), the centre-of-mass offsets
+    of the H states that follow the observed one (t+1 .. t+H: where the body's balance goes while the chunk runs;
+    in a DAgger round, under the learner that drove), and `com_is_pad` (H,) where they run past the episode."""
+
+    def __init__(self, chunks: ChunkDataset):
+        self.chunks = chunks
+        self.offsets = com_offsets(chunks.dataset.arrays[STATE_KEY]).astype(np.float32)  # per frame of the dataset
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> dict:
+        item, t, data = self.chunks[i], int(self.chunks.frames[i]), self.chunks.dataset
+        episode = data.episodes[data.episode_of_frame[t]]
+        end = episode["start"] + episode["length"]
+        steps = t + 1 + np.arange(self.chunks.horizon)
+        item.update({COM_KEY: torch.from_numpy(self.offsets[np.minimum(steps, end - 1)]),
+                     "com_is_pad": torch.from_numpy(steps >= end)})
+        return item
+
+
+def training_data(dataset, cfg: HumanoidVLAConfig) -> torch.utils.data.Dataset:
+    """The samples of one dataset (demos or a DAgger round): chunks, with the stability targets when they are on."""
+    chunks = ChunkDataset(dataset, cfg.horizon, [IMAGE_KEY, STATE_KEY])
+    return WithFutureCoM(chunks) if cfg.stability_weight > 0 else chunks
+
+
+def run_stats(demos, cfg: HumanoidVLAConfig) -> dict:
+    """The statistics the model normalises with: the demos', with those of the delta actions and the centre-of-mass
+    offsets when they are used, every std floored."""
+    stats = dict(demos.stats)
+    if cfg.delta_actions:
+        stats[DELTA_KEY] = delta_action_stats(demos, cfg.horizon)
+    if cfg.stability_weight > 0:
+        stats[COM_KEY] = array_stats(com_offsets(demos.arrays[STATE_KEY]))
+    return floor_std(stats)
 
 
 def build_model(cfg: HumanoidVLAConfig, stats: dict, tokenizer_json: str, state_dim: int = STATE_DIM,
@@ -94,8 +161,7 @@ def train(cfg: HumanoidVLAConfig) -> dict:
                           "cpu" if cfg.device == "auto" else cfg.device)
     run_dir = Path(cfg.run_dir)
     demos = collect_demos(demo_spec(cfg), workers=cfg.collect_workers)
-    stats = floor_std({**demos.stats, DELTA_KEY: delta_action_stats(demos, cfg.horizon)} if cfg.delta_actions else
-                      demos.stats)
+    stats = run_stats(demos, cfg)
     tokenizer_json = instruction_tokenizer(cfg)
     model = build_model(cfg, stats, tokenizer_json).to(device)
     meta = checkpoint_meta("humanoid_vla", cfg, stats, tokenizer_json, STATE_DIM, N_JOINTS)
@@ -119,8 +185,7 @@ def train(cfg: HumanoidVLAConfig) -> dict:
             logger.log(start, dict(dagger_round=phase, learner_success=info["learner_successes"] / info["episodes"],
                                    learner_falls=info["learner_falls"] / info["episodes"]))
         if step < end:
-            data = torch.utils.data.ConcatDataset([ChunkDataset(d, cfg.horizon, [IMAGE_KEY, STATE_KEY])
-                                                   for d in datasets])
+            data = torch.utils.data.ConcatDataset([training_data(d, cfg) for d in datasets])
             batches = resumable_loader(data, cfg.batch_size, cfg.seed + phase, step - start)
             model.train()
             while step < end:

@@ -1,12 +1,13 @@
 import dataclasses
 import json
 
+import mujoco
 import numpy as np
 import pytest
 import torch
 
 from common.data import ChunkDataset
-from common.envs.humanoid import IMAGE_KEY, N_JOINTS, collect_demos
+from common.envs.humanoid import IMAGE_KEY, N_JOINTS, HumanoidEnv, collect_demos
 from common.text import tokenize
 from common.tests import demo_cache, resume
 from common.train import read_metrics, seed_everything
@@ -14,9 +15,9 @@ from common.train import read_metrics, seed_everything
 from humanoid_vla import eval as vla_eval
 from humanoid_vla import train as vla_train
 from humanoid_vla.config import PRESETS
-from humanoid_vla.model import DELTA_KEY, STATE_KEY, ClosedLoopPolicy, body_part_slices
-from humanoid_vla.train import (build_model, delta_action_stats, demo_spec, floor_std, instruction_tokenizer,
-                                learning_rate_factor, phase_ends)
+from humanoid_vla.model import COM_KEY, DELTA_KEY, STATE_KEY, ClosedLoopPolicy, body_part_slices
+from humanoid_vla.train import (build_model, com_offsets, delta_action_stats, demo_spec, floor_std,
+                                instruction_tokenizer, learning_rate_factor, phase_ends, run_stats, training_data)
 
 torch.set_num_threads(1)
 
@@ -35,9 +36,8 @@ def smoke(tmp_path, name="run", **overrides):
 
 def _model_and_batch(cfg):
     demos = collect_demos(demo_spec(cfg), progress=False)
-    stats = {**demos.stats, DELTA_KEY: delta_action_stats(demos, cfg.horizon)}
-    model = build_model(cfg, floor_std(stats), instruction_tokenizer(cfg))
-    data = ChunkDataset(demos, cfg.horizon, [IMAGE_KEY, STATE_KEY])
+    model = build_model(cfg, run_stats(demos, cfg), instruction_tokenizer(cfg))
+    data = training_data(demos, cfg)
     batch = torch.utils.data.default_collate([data[i] for i in range(0, len(data), len(data) // 16)])
     return model, batch
 
@@ -49,10 +49,12 @@ def test_body_part_tokens_cover_the_state_once():
     assert len(parts["legs"]) == 24 and len(parts["waist"]) == 6 and len(parts["arms"]) == 28
 
 
-@pytest.mark.parametrize("head, delta", [("flow", False), ("mlp", False), ("flow", True)])
-def test_loss_decreases_on_a_fixed_batch(cache, tmp_path, head, delta):
+@pytest.mark.parametrize("head, delta, stability", [("flow", False, 0.0), ("mlp", False, 0.0), ("flow", True, 0.0),
+                                                     ("flow", False, 1.0)])
+def test_loss_decreases_on_a_fixed_batch(cache, tmp_path, head, delta, stability):
     seed_everything(0)
-    model, batch = _model_and_batch(smoke(tmp_path, head=head, shift_augment=0, delta_actions=delta))
+    model, batch = _model_and_batch(smoke(tmp_path, head=head, shift_augment=0, delta_actions=delta,
+                                          stability_weight=stability))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(40):
@@ -93,6 +95,46 @@ def test_delta_actions_are_relative_to_the_observed_joint_positions(cache, tmp_p
     stats = delta_action_stats(demos, cfg.horizon)
     np.testing.assert_allclose(stats["mean"], deltas.mean(0).numpy(), atol=1e-6)
     np.testing.assert_allclose(stats["std"], deltas.std(0, unbiased=False).numpy(), atol=1e-6)
+
+
+def test_com_offsets_from_proprioception_equal_the_simulators():
+    """The offset computed from the 64-D state alone equals the simulator's (whole-robot centre of mass minus the
+    feet's middle, rotated into the pelvis' heading) on states where the pelvis leans and turns."""
+    env = HumanoidEnv(render_images=False)
+    m, d = env.model, env.data
+    env.reset("turn_torso_left", seed=0, episode=0)
+    rng = np.random.default_rng(0)
+    states, truth = [], []
+    for _ in range(25):
+        env.step(d.qpos[env.joint_qpos] + rng.normal(0.0, 0.2, N_JOINTS), render=False)
+        mujoco.mj_forward(m, d)
+        pelvis = d.xmat[m.body("pelvis").id].reshape(3, 3)
+        yaw = np.arctan2(pelvis[1, 0], pelvis[0, 0])
+        world = d.subtree_com[m.body("pelvis").id, :2] - d.site_xpos[[m.site("left_foot").id,
+                                                                      m.site("right_foot").id], :2].mean(0)
+        truth.append([[np.cos(yaw), np.sin(yaw)], [-np.sin(yaw), np.cos(yaw)]] @ world)
+        states.append(env.proprio())
+    states = np.array(states)
+    assert np.abs(states[:, 2 * N_JOINTS: 2 * N_JOINTS + 2]).max() > 0.02  # the pelvis did lean
+    np.testing.assert_allclose(com_offsets(states), truth, atol=2e-5)
+
+
+def test_stability_targets_are_the_next_states_offsets_and_the_expert_keeps_its_balance(cache, tmp_path):
+    cfg = smoke(tmp_path, stability_weight=0.5)
+    demos = collect_demos(demo_spec(cfg), progress=False)
+    offsets = com_offsets(demos.arrays[STATE_KEY])
+    # the IK expert holds the centre of mass 2 cm ahead of the feet's middle (its ComTask target), to about a cm
+    assert np.abs(offsets.mean(0) - [0.02, 0.0]).max() < 0.01 and np.abs(offsets).max() < 0.05
+    data = training_data(demos, cfg)
+    end = demos.episodes[0]["length"]
+    for t in (0, end - 3, end - 1):
+        item = data[t]
+        steps = t + 1 + np.arange(cfg.horizon)
+        assert item["com_is_pad"].tolist() == (steps >= end).tolist()
+        np.testing.assert_allclose(item[COM_KEY][steps < end], offsets[steps[steps < end]], atol=1e-6)
+    assert COM_KEY in run_stats(demos, cfg) and COM_KEY not in run_stats(demos, smoke(tmp_path))
+    with pytest.raises(ValueError, match="stability_weight"):
+        smoke(tmp_path, stability_weight=-1.0)
 
 
 @pytest.mark.parametrize("stage, tokens, channels", [(4, 1, 512), (3, 4, 256)])
