@@ -43,7 +43,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's statistics: the ResNet st
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_KEY = "observation.state"
 DELTA_KEY = "delta_action"  # statistics of a_{t+k} − q_t over the demos' chunks (`delta_actions`)
-COM_KEY = "com_offset"  # the centre of mass' horizontal offset from the feet's middle, (x, y) metres (`stability_weight`)
+COM_KEY = "com_offset"  # the centre of mass' horizontal offset from the feet's middle, (x, y) m (`stability_weight`)
 
 
 def body_part_slices() -> dict[str, list[int]]:

@@ -75,8 +75,8 @@ def com_offsets(states: np.ndarray) -> np.ndarray:
     for i, state in enumerate(np.asarray(states, np.float64)):
         up = -state[2 * N_JOINTS: 2 * N_JOINTS + 3]  # the world's up axis in the pelvis frame: R's third row
         roll, pitch = np.arctan2(up[1], up[2]), np.arctan2(-up[0], np.hypot(up[1], up[2]))
-        d.qpos[3:7] = [np.cos(roll / 2) * np.cos(pitch / 2), np.sin(roll / 2) * np.cos(pitch / 2),
-                       np.cos(roll / 2) * np.sin(pitch / 2), -np.sin(roll / 2) * np.sin(pitch / 2)]  # R_y(pitch)·R_x(roll)
+        d.qpos[3:7] = [np.cos(roll / 2) * np.cos(pitch / 2), np.sin(roll / 2) * np.cos(pitch / 2),  # the quaternion
+                       np.cos(roll / 2) * np.sin(pitch / 2), -np.sin(roll / 2) * np.sin(pitch / 2)]  # of Ry·Rx
         d.qpos[env.joint_qpos] = state[:N_JOINTS]
         mujoco.mj_kinematics(m, d)
         mujoco.mj_comPos(m, d)
