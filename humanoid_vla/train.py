@@ -173,19 +173,20 @@ def train(cfg: HumanoidVLAConfig) -> dict:
           f"{len(demos.episodes)} demos; {ends[-1]} steps of batch {cfg.batch_size} on {device}")
     logger = Logger(run_dir, ends[-1], step, to_dict(cfg), cfg.wandb_project)
 
-    datasets, start = [demos], 0
+    samples, start = [training_data(demos, cfg)], 0  # one entry per dataset, built once: demos, then each round
     for phase, end in enumerate(ends):
         if phase > 0:  # DAgger round `phase`: the current policy drives, the expert labels (reused when resuming)
             model.eval()
-            datasets.append(collect_relabelled(
+            relabelled = collect_relabelled(
                 ClosedLoopPolicy(model.cpu()), run_dir / "dagger" / f"round_{phase}", cfg.tasks,
-                cfg.dagger_episodes_per_task, DAGGER_SEED + phase, cfg.demo_image_size, cfg.collect_workers))
+                cfg.dagger_episodes_per_task, DAGGER_SEED + phase, cfg.demo_image_size, cfg.collect_workers)
+            samples.append(training_data(relabelled, cfg))
             model.to(device)
-            info = datasets[-1].meta["info"]
+            info = relabelled.meta["info"]
             logger.log(start, dict(dagger_round=phase, learner_success=info["learner_successes"] / info["episodes"],
                                    learner_falls=info["learner_falls"] / info["episodes"]))
         if step < end:
-            data = torch.utils.data.ConcatDataset([training_data(d, cfg) for d in datasets])
+            data = torch.utils.data.ConcatDataset(samples)
             batches = resumable_loader(data, cfg.batch_size, cfg.seed + phase, step - start)
             model.train()
             while step < end:
