@@ -167,12 +167,17 @@ def compute_stats(dataset: EpisodeDataset, keys: Iterable[str] | None = None) ->
         array = dataset.arrays[key]
         if not np.issubdtype(array.dtype, np.floating) or array.ndim > 2:
             continue  # images and integer ids carry no normalisation statistics
-        x = np.asarray(array, dtype=np.float64).reshape(len(array), -1)
-        sub = x[:: max(1, len(x) // _MAX_QUANTILE_FRAMES)]
-        q01, q99 = np.quantile(sub, [0.01, 0.99], axis=0)
-        stats[key] = dict(mean=x.mean(0), std=x.std(0), min=x.min(0), max=x.max(0), q01=q01, q99=q99)
-        stats[key] = {name: v.tolist() for name, v in stats[key].items()}
+        stats[key] = array_stats(array)
     return stats
+
+
+def array_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-column mean/std/min/max and 1st/99th percentiles of an (N, ...) array, flattened to (N, D): what
+    `Normalizer` reads. Quantiles come from at most ~2·_MAX_QUANTILE_FRAMES evenly strided rows (exact below that)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    q01, q99 = np.quantile(x[:: max(1, len(x) // _MAX_QUANTILE_FRAMES)], [0.01, 0.99], axis=0)
+    stats = dict(mean=x.mean(0), std=x.std(0), min=x.min(0), max=x.max(0), q01=q01, q99=q99)
+    return {name: v.tolist() for name, v in stats.items()}
 
 
 class ChunkDataset(torch.utils.data.Dataset):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common.config import parse_config, to_dict
-from common.data import ChunkDataset
+from common.data import ChunkDataset, array_stats
 from common.envs.humanoid import (IMAGE_KEY, N_JOINTS, STATE_DIM, TASKS, DemoSpec, EvalConfig, HumanoidEnv,
                                   collect_demos, collect_relabelled, evaluate, save_results)
 from common.text import tokenizer_from_json, tokenizer_to_json, train_bpe_tokenizer
@@ -55,12 +55,6 @@ def delta_action_stats(dataset, horizon: int) -> dict[str, list[float]]:
         q, a = np.asarray(episode[STATE_KEY][:, :N_JOINTS], np.float64), np.asarray(episode["action"], np.float64)
         deltas += [a[k:] - q[: len(q) - k] for k in range(min(horizon, len(q)))]
     return array_stats(np.concatenate(deltas))
-
-
-def array_stats(x: np.ndarray) -> dict[str, list[float]]:
-    """Per-column mean, std and 1st/99th percentiles of an (N, D) array: what `common.data.Normalizer` reads."""
-    q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
-    return dict(mean=x.mean(0).tolist(), std=x.std(0).tolist(), q01=q01.tolist(), q99=q99.tolist())
 
 
 def com_offsets(states: np.ndarray) -> np.ndarray:
