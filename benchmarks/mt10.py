@@ -162,7 +162,7 @@ def cli_flags(values: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ one run
 def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrides: tuple[str, ...], threads: int,
-            eval_workers: int) -> dict:
+            eval_workers: int, flags: tuple[str, ...] = ()) -> dict:
     """Train one policy, evaluate it on every split and probe, write its result file (inside a subprocess)."""
     import numpy as np
     import torch
@@ -177,7 +177,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
     run_dir = out / "runs" / run_name(method, inputs, seed)
     shared = settings(quick, overrides)
     args = [*spec.flags, "--preset", "smoke" if quick else "tiny", *cli_flags(shared), "--state_key", INPUTS[inputs],
-            "--seed", str(seed), "--run_dir", str(run_dir), "--eval_episodes", "0", "--threads", str(threads)]
+            "--seed", str(seed), "--run_dir", str(run_dir), "--eval_episodes", "0", "--threads", str(threads), *flags]
     cfg = parse_config(config.PRESETS, args)
     resume = (run_dir / "checkpoints" / "last").exists()  # an interrupted training continues exactly
     resumed_from = int(resolve_checkpoint(run_dir).name) if resume else 0  # train_seconds covers the steps after it
@@ -200,7 +200,7 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
         print(f"{run_name(method, inputs, seed)} {name}: {np.mean([r.success_rate for r in outcome.values()]):.1%}",
               flush=True)
     record = dict(method=method, inputs=inputs, seed=seed, code_version=version,
-                  settings=json.loads(json.dumps(shared)),
+                  settings=json.loads(json.dumps(shared)), flags=list(flags),
                   provenance=dict(provenance(to_dict(cfg)), commit=started_at["commit"], dirty=started_at["dirty"]),
                   language_groups=[list(g) for g in LANGUAGE_GROUPS], train_seconds=trained - started,
                   resumed_from_step=resumed_from, eval_seconds=time.time() - trained, threads=threads, results=results)
@@ -209,13 +209,13 @@ def run_one(method: str, inputs: str, seed: int, out: Path, quick: bool, overrid
     return record
 
 
-def is_done(path: Path, method: str, shared: dict) -> bool:
-    """Whether the run file at `path` holds a run of today's settings and code: the same code hash, or an older one
-    whose recorded behaviour fingerprint equals today's."""
+def is_done(path: Path, method: str, shared: dict, flags: tuple[str, ...] = ()) -> bool:
+    """Whether the run file at `path` holds a run of today's settings, method flags and code: the same code hash, or
+    an older one whose recorded behaviour fingerprint equals today's."""
     if not path.exists():
         return False
     record = json.loads(path.read_text())
-    if record["settings"] != json.loads(json.dumps(shared)):
+    if record["settings"] != json.loads(json.dumps(shared)) or record.get("flags", []) != list(flags):
         return False
     current = code_version(METHODS[method].folder)
     if record["code_version"] == current:
@@ -421,6 +421,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke presets, two tasks, a few steps, one seed")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"change a shared setting for an ablation (use another --out): {sorted(SHARED)}")
+    parser.add_argument("--flags", default="", help="a method's own config flags for an ablation, appended to every "
+                        "run's (use another --out), e.g. --flags=--color_jitter for GR00T's colour jitter")
     parser.add_argument("--report", action="store_true", help="only regenerate the table and figure")
     parser.add_argument("--fingerprint", action="store_true",
                         help="record today's behaviour fingerprint of --methods in <out>/fingerprints.json")
@@ -436,7 +438,8 @@ def main() -> None:
         return
     if args.run:
         method, inputs, seed, threads, workers = args.run.split(":")
-        run_one(method, inputs, int(seed), args.out, args.quick, tuple(args.set), int(threads), int(workers))
+        run_one(method, inputs, int(seed), args.out, args.quick, tuple(args.set), int(threads), int(workers),
+                tuple(args.flags.split()))
         return
     stem = args.out.name
     if not args.report:
@@ -450,7 +453,8 @@ def main() -> None:
         oracle = [(m, "oracle", s) for s in oracle_seeds for m in methods if METHODS[m].reads_state]
         jobs = robot[:len(methods)] + oracle + robot[len(methods):]  # a first seed of every row comes first
         shared = settings(args.quick, tuple(args.set))
-        todo = [j for j in jobs if not is_done(args.out / f"{run_name(*j)}.json", j[0], shared)]
+        flags = tuple(args.flags.split())
+        todo = [j for j in jobs if not is_done(args.out / f"{run_name(*j)}.json", j[0], shared, flags)]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; {len(todo)} to run, {args.jobs} at a time")
         args.out.mkdir(parents=True, exist_ok=True)
         threads, workers = max(1, 2 // args.jobs), max(1, 2 // args.jobs)
@@ -460,7 +464,8 @@ def main() -> None:
             log = args.out / "logs" / f"{name}.log"
             log.parent.mkdir(exist_ok=True)
             command = [sys.executable, __file__, "--run", f"{job[0]}:{job[1]}:{job[2]}:{threads}:{workers}",
-                       "--out", str(args.out), *(["--quick"] if args.quick else []), "--set", *args.set]
+                       "--out", str(args.out), *(["--quick"] if args.quick else []), f"--flags={args.flags}", "--set",
+                       *args.set]
             started = time.time()
             with open(log, "w") as f:
                 code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode

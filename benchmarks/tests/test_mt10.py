@@ -103,6 +103,7 @@ def test_a_run_of_older_code_is_reused_only_when_it_computes_the_same(tmp_path, 
     monkeypatch.setattr(mt10, "code_version", lambda folder: "old")
     assert mt10.is_done(path, "bc", shared)
     assert not mt10.is_done(path, "bc", dict(shared, steps=5))  # other settings: run again
+    assert not mt10.is_done(path, "bc", shared, ("--color_jitter",))  # other method flags: run again
 
 
 def test_behaviour_is_reproducible_and_sees_config_training_and_evaluation(tmp_path, monkeypatch):
