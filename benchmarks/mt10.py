@@ -363,12 +363,14 @@ def report(out: Path, stem: str) -> str:
         per_task[key] = {t: statistics.mean(s[t]["successes"] / s[t]["episodes"] for s in standard) for t in standard[0]}
     commits = sorted({f"{r['provenance']['commit']}{'+' if r['provenance']['dirty'] else ''}" for r in records})
     shared = records[0]["settings"]
+    flags = sorted({" ".join(r.get("flags", [])) for r in records} - {""})  # an ablation's method flags (--flags)
+    with_flags = ", with " + ", ".join(f"`{f}`" for f in flags) if flags else ""
     header = (f"Meta-World MT10, success rate on placements no demo used: mean ± sample std over training seeds "
               f"[95% Wilson interval of the pooled episodes]; {shared['eval_episodes']} episodes per task per seed. "
               f"Robot inputs: camera {'+'.join(shared['cameras'])} at {shared['demo_image_size']} px, 4-D "
               f"proprioception, the instruction; oracle: the privileged 39-D state instead of the proprioception. "
               f"Same demos ({shared['episodes_per_task']} per task), {shared['steps']} steps of batch "
-              f"{shared['batch_size']} for every method. Regenerate: `python benchmarks/mt10.py` (runs) or "
+              f"{shared['batch_size']} for every method{with_flags}. Regenerate: `python benchmarks/mt10.py` (runs) or "
               f"`--report` (this table). Runs at commits {', '.join(commits)} (+: uncommitted changes); each run "
               f"file holds its full config.")
     columns = ["method (inputs)", "seeds", *COLUMNS, "minutes per run (train / all)"]
