@@ -41,7 +41,7 @@ class HumanoidVLAConfig:
     #                                normalised by the demos' statistics of these deltas. False: absolute targets
     stability_weight: float = 0.0  # weight of the stability auxiliary loss: from the context, predict the centre of
     #                                 mass' horizontal offset from the middle of the feet at each of the H states that
-    #                                 follow (a lean ahead is a fall ahead); 0 disables it (a lever, see README)
+    #                                 follow (a lean ahead is a fall ahead); 0 disables it (measured: no gain, README)
     vocab_size: int = 256  # BPE vocabulary trained on the instruction paraphrases
     max_text_tokens: int = 12  # instruction length in tokens (truncated/padded)
     shift_augment: int = 3  # random-shift augmentation of the image, pixels (DrQ); 0 disables
