@@ -273,7 +273,7 @@ def main() -> None:
             list(pool.map(lambda job: subprocess.run(
                 [sys.executable, __file__, "--run", job[0], str(job[1]), "--out", str(args.out), "--extra",
                  *args.extra], check=True, cwd=REPO), todo))
-    report(rows, args.out)
+    report(list(ROWS), args.out)  # every row with result files, not only the ones just run
 
 
 if __name__ == "__main__":
