@@ -431,6 +431,7 @@ def main() -> None:
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: method:inputs:seed:threads:eval_workers
     parser.add_argument("--behaviour", help=argparse.SUPPRESS)  # internal: print one method's fingerprint
     args = parser.parse_args()
+    flags = tuple(args.flags.split())
     if args.behaviour:
         print(behaviour(args.behaviour))
         return
@@ -440,8 +441,7 @@ def main() -> None:
         return
     if args.run:
         method, inputs, seed, threads, workers = args.run.split(":")
-        run_one(method, inputs, int(seed), args.out, args.quick, tuple(args.set), int(threads), int(workers),
-                tuple(args.flags.split()))
+        run_one(method, inputs, int(seed), args.out, args.quick, tuple(args.set), int(threads), int(workers), flags)
         return
     stem = args.out.name
     if not args.report:
@@ -455,7 +455,6 @@ def main() -> None:
         oracle = [(m, "oracle", s) for s in oracle_seeds for m in methods if METHODS[m].reads_state]
         jobs = robot[:len(methods)] + oracle + robot[len(methods):]  # a first seed of every row comes first
         shared = settings(args.quick, tuple(args.set))
-        flags = tuple(args.flags.split())
         todo = [j for j in jobs if not is_done(args.out / f"{run_name(*j)}.json", j[0], shared, flags)]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; {len(todo)} to run, {args.jobs} at a time")
         args.out.mkdir(parents=True, exist_ok=True)
